@@ -1,0 +1,2 @@
+//! paperclip-bridge: the host CLI (being built).
+fn main() {}

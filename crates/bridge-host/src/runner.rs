@@ -1,0 +1,148 @@
+//! Runners: the one channel from the host into a sandbox, "run this shell script there".
+//!
+//! Every runner takes an [`Exec`] (script, stdin, environment, working directory, timeout)
+//! and returns an [`ExecOutput`]. Secrets travel in `env` or `stdin`, never in the script
+//! text or any argument list: `ps` shows argv to every user.
+
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+pub mod command;
+pub mod netns;
+
+pub use command::{CommandRunner, LocalRunner};
+pub use netns::NetnsSandbox;
+
+/// A boxed, sendable future, so runners can be used as `Arc<dyn Runner>`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One script to run inside the sandbox.
+#[derive(Clone)]
+pub struct Exec {
+    /// POSIX `sh` script text. Must hold no secret.
+    pub script: String,
+    /// Bytes for the script's standard input.
+    pub stdin: Vec<u8>,
+    /// Extra environment for the script; this is where secrets go.
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox.
+    pub cwd: Option<PathBuf>,
+    /// Upper bound for the whole exec; the script is killed after it.
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for Exec {
+    // Values of `env` may be secrets: show the names only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("Exec")
+            .field("script", &self.script)
+            .field("stdin_bytes", &self.stdin.len())
+            .field("env", &names)
+            .field("cwd", &self.cwd)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Exec {
+    /// A script with no stdin or environment, bounded by `timeout`.
+    pub fn new(script: impl Into<String>, timeout: Duration) -> Self {
+        Self {
+            script: script.into(),
+            stdin: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            timeout,
+        }
+    }
+
+    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
+        self.stdin = bytes.into();
+        self
+    }
+
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+}
+
+/// What an exec gave back.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    /// Exit code; `None` when killed by a signal or on time-out.
+    pub code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// The exec ran past its timeout and was killed.
+    pub timed_out: bool,
+}
+
+impl ExecOutput {
+    /// Exited with code 0 in time.
+    pub fn success(&self) -> bool {
+        self.code == Some(0) && !self.timed_out
+    }
+
+    /// stderr as lossy text, trimmed, for error messages.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).trim().to_owned()
+    }
+}
+
+/// What a runner can do, declared rather than guessed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Can run a long process with live stdin/stdout/stderr ([`Runner::spawn`]).
+    pub streaming: bool,
+    /// The sandbox's files are this machine's files (same paths). Only `LocalRunner`.
+    pub shared_fs: bool,
+}
+
+/// Why an exec could not be carried out (a script that ran and failed is not an error:
+/// see [`ExecOutput::code`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("could not start {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("i/o with the exec process failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the sandbox is gone: {0}")]
+    SandboxGone(String),
+    #[error("this runner cannot stream")]
+    NoStreaming,
+}
+
+/// A long-running process in the sandbox with its standard streams wired as asked.
+#[derive(Debug)]
+pub struct Spawn {
+    pub script: String,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    /// Inherit this process's stdout/stderr (live output) instead of piping them.
+    pub inherit_output: bool,
+}
+
+/// The host's way into one sandbox.
+pub trait Runner: Send + Sync + fmt::Debug {
+    /// Runs one script to completion (or its timeout).
+    fn exec(&self, exec: Exec) -> BoxFuture<'_, Result<ExecOutput, RunnerError>>;
+
+    /// Starts a long-running script; only when `capabilities().streaming`.
+    fn spawn(&self, spawn: Spawn) -> Result<tokio::process::Child, RunnerError>;
+
+    fn capabilities(&self) -> Capabilities;
+}

@@ -1,0 +1,206 @@
+//! The environment contract: what the gateway reads and what the agent is given.
+//!
+//! Parsing takes a lookup function instead of reading the process environment, so it is
+//! pure and testable; the binaries pass `std::env::var`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::codec::DEFAULT_MAX_BODY_BYTES;
+
+pub const MODE: &str = "PAPERCLIP_API_BRIDGE_MODE";
+pub const QUEUE_DIR: &str = "PAPERCLIP_BRIDGE_QUEUE_DIR";
+pub const TOKEN: &str = "PAPERCLIP_BRIDGE_TOKEN";
+pub const HOST: &str = "PAPERCLIP_BRIDGE_HOST";
+pub const PORT: &str = "PAPERCLIP_BRIDGE_PORT";
+pub const POLL_INTERVAL_MS: &str = "PAPERCLIP_BRIDGE_POLL_INTERVAL_MS";
+pub const RESPONSE_TIMEOUT_MS: &str = "PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS";
+pub const MAX_QUEUE_DEPTH: &str = "PAPERCLIP_BRIDGE_MAX_QUEUE_DEPTH";
+pub const MAX_BODY_BYTES: &str = "PAPERCLIP_BRIDGE_MAX_BODY_BYTES";
+
+/// Agent-side: the gateway's base URL (no `/api` suffix).
+pub const AGENT_API_URL: &str = "PAPERCLIP_API_URL";
+/// Agent-side: the bridge token (never the real credential).
+pub const AGENT_API_KEY: &str = "PAPERCLIP_API_KEY";
+
+/// The only mode this gateway implements.
+pub const QUEUE_V1: &str = "queue_v1";
+
+/// Gateway settings, with queue_v1's defaults.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GatewayConfig {
+    pub queue_dir: PathBuf,
+    pub token: String,
+    pub host: IpAddr,
+    pub port: u16,
+    pub poll_interval: Duration,
+    pub response_timeout: Duration,
+    pub max_queue_depth: usize,
+    pub max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for GatewayConfig {
+    // Never print the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayConfig")
+            .field("queue_dir", &self.queue_dir)
+            .field("token", &"<redacted>")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("poll_interval", &self.poll_interval)
+            .field("response_timeout", &self.response_timeout)
+            .field("max_queue_depth", &self.max_queue_depth)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
+    }
+}
+
+/// A variable that is missing or does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvError {
+    #[error("{0} is required but not set")]
+    Missing(&'static str),
+    #[error("{name}={value:?} is not valid: {expected}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("{MODE}={0:?} is not implemented by this gateway (only \"queue_v1\" is)")]
+    UnsupportedMode(String),
+}
+
+impl GatewayConfig {
+    /// Reads the configuration through `lookup` (e.g. `|k| std::env::var(k).ok()`).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
+        let get = |name: &'static str| lookup(name).filter(|v| !v.is_empty());
+        if let Some(mode) = get(MODE) {
+            if mode != QUEUE_V1 {
+                return Err(EnvError::UnsupportedMode(mode));
+            }
+        }
+        let queue_dir = get(QUEUE_DIR).ok_or(EnvError::Missing(QUEUE_DIR))?;
+        let token = get(TOKEN).ok_or(EnvError::Missing(TOKEN))?;
+        let host = match get(HOST).as_deref() {
+            None | Some("localhost") => IpAddr::from([127, 0, 0, 1]),
+            Some(v) => v.parse().map_err(|_| invalid(HOST, v, "an IP address"))?,
+        };
+        Ok(Self {
+            queue_dir: PathBuf::from(queue_dir),
+            token,
+            host,
+            port: number(get(PORT), PORT, 0, 0, u16::MAX as u64)? as u16,
+            poll_interval: millis(get(POLL_INTERVAL_MS), POLL_INTERVAL_MS, 100)?,
+            response_timeout: millis(get(RESPONSE_TIMEOUT_MS), RESPONSE_TIMEOUT_MS, 30_000)?,
+            max_queue_depth: number(get(MAX_QUEUE_DEPTH), MAX_QUEUE_DEPTH, 64, 1, 1 << 20)?
+                as usize,
+            max_body_bytes: number(
+                get(MAX_BODY_BYTES),
+                MAX_BODY_BYTES,
+                DEFAULT_MAX_BODY_BYTES as u64,
+                0,
+                1 << 30,
+            )? as usize,
+        })
+    }
+}
+
+fn invalid(name: &'static str, value: &str, expected: &'static str) -> EnvError {
+    EnvError::Invalid {
+        name,
+        value: value.to_owned(),
+        expected,
+    }
+}
+
+fn number(
+    value: Option<String>,
+    name: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, EnvError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    match value.trim().parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(invalid(name, &value, "a whole number in range")),
+    }
+}
+
+fn millis(value: Option<String>, name: &'static str, default: u64) -> Result<Duration, EnvError> {
+    // Between 1 ms and one day: zero would spin, more than a day is surely a typo.
+    number(value, name, default, 1, 86_400_000).map(Duration::from_millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<GatewayConfig, EnvError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        GatewayConfig::from_lookup(|k| map.get(k).cloned())
+    }
+
+    const BASE: [(&str, &str); 2] = [(QUEUE_DIR, "/q"), (TOKEN, "t")];
+
+    #[test]
+    fn defaults_are_queue_v1s() {
+        let c = parse(&BASE).unwrap();
+        assert_eq!(c.host, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(c.port, 0);
+        assert_eq!(c.poll_interval, Duration::from_millis(100));
+        assert_eq!(c.response_timeout, Duration::from_secs(30));
+        assert_eq!(c.max_queue_depth, 64);
+        assert_eq!(c.max_body_bytes, 10_551_296);
+    }
+
+    #[test]
+    fn required_values() {
+        assert_eq!(parse(&[(TOKEN, "t")]), Err(EnvError::Missing(QUEUE_DIR)));
+        assert_eq!(parse(&[(QUEUE_DIR, "/q")]), Err(EnvError::Missing(TOKEN)));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let mut vars = BASE.to_vec();
+        vars.push((PORT, "70000"));
+        let err = parse(&vars).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("PAPERCLIP_BRIDGE_PORT=\"70000\""),
+            "{err}"
+        );
+        let mut vars = BASE.to_vec();
+        vars.push((RESPONSE_TIMEOUT_MS, "0"));
+        assert!(parse(&vars).is_err());
+        let mut vars = BASE.to_vec();
+        vars.push((HOST, "example.com"));
+        assert!(parse(&vars).is_err());
+    }
+
+    #[test]
+    fn other_modes_are_refused() {
+        let mut vars = BASE.to_vec();
+        vars.push((MODE, "http_v2"));
+        assert_eq!(
+            parse(&vars),
+            Err(EnvError::UnsupportedMode("http_v2".into()))
+        );
+        vars.pop();
+        vars.push((MODE, QUEUE_V1));
+        assert!(parse(&vars).is_ok());
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let c = parse(&[(QUEUE_DIR, "/q"), (TOKEN, "sekrit")]).unwrap();
+        assert!(!format!("{c:?}").contains("sekrit"));
+    }
+}

@@ -1,0 +1,208 @@
+//! The three JSON files of queue_v1: request, response and `ready.json`.
+//!
+//! Field names are exactly the wire names (`createdAt`, `bodyEncoding`, `baseUrl`, ...).
+//! Unknown fields are ignored so newer peers can extend the files; missing required fields
+//! are an error.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, BodyEncoding, CodecError};
+
+/// Header map of a queue file: lower-case names, repeated values joined with `", "`.
+pub type Headers = BTreeMap<String, String>;
+
+/// `requests/<id>.json`: one request from an agent, written by the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestFile {
+    pub id: String,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: Headers,
+    pub body: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_encoding: Option<BodyEncoding>,
+    pub created_at: String,
+}
+
+/// `responses/<id>.json`: the answer to one request, written by the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResponseFile {
+    pub id: String,
+    pub status: u16,
+    pub headers: Headers,
+    pub body: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_encoding: Option<BodyEncoding>,
+    pub completed_at: String,
+}
+
+/// `ready.json`: written by the gateway once its socket listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadyFile {
+    pub pid: u32,
+    pub host: String,
+    pub port: u16,
+    pub base_url: String,
+    pub started_at: String,
+}
+
+/// Why a queue file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The file is larger than the envelope limit; it was not parsed.
+    #[error("queue file is {size} bytes, over the limit of {limit}")]
+    TooLarge { size: usize, limit: usize },
+    /// The file is not the JSON object queue_v1 describes.
+    #[error("queue file is not valid queue_v1 JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The body could not be decoded.
+    #[error(transparent)]
+    Body(#[from] CodecError),
+}
+
+/// Parses a queue file, refusing anything over `envelope_limit` bytes before parsing.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8], envelope_limit: usize) -> Result<T, WireError> {
+    if bytes.len() > envelope_limit {
+        return Err(WireError::TooLarge {
+            size: bytes.len(),
+            limit: envelope_limit,
+        });
+    }
+    Ok(serde_json::from_slice(bytes)?)
+}
+
+/// Serialises a queue file: one JSON object followed by `\n`.
+pub fn to_line<T: Serialize>(file: &T) -> Vec<u8> {
+    // Serialising these plain structs cannot fail: all keys are strings.
+    let mut line = serde_json::to_vec(file).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+impl RequestFile {
+    /// The request body as bytes, checked against the body limit.
+    pub fn body_bytes(&self, limit: usize) -> Result<Vec<u8>, CodecError> {
+        codec::decode_body(&self.body, self.body_encoding, limit)
+    }
+}
+
+impl ResponseFile {
+    /// Builds a response, choosing the body encoding from the bytes.
+    pub fn new(id: &str, status: u16, headers: Headers, body: &[u8], completed_at: String) -> Self {
+        let (body, body_encoding) = codec::encode_body(body);
+        Self {
+            id: id.to_owned(),
+            status,
+            headers,
+            body,
+            body_encoding,
+            completed_at,
+        }
+    }
+
+    /// The response body as bytes, checked against the body limit.
+    pub fn body_bytes(&self, limit: usize) -> Result<Vec<u8>, CodecError> {
+        codec::decode_body(&self.body, self.body_encoding, limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REQUEST: &str = concat!(
+        r#"{"id":"3f2b8c1e-0d4a-4e6b-9c7d-1a2b3c4d5e6f","method":"POST","#,
+        r#""path":"/api/issues/abc/comments","query":"?x=1","#,
+        r#""headers":{"accept":"application/json","content-type":"application/json"},"#,
+        r#""body":"{\"body\":\"hi\"}","createdAt":"2026-11-28T16:00:00.000Z"}"#,
+        "\n"
+    );
+
+    fn request() -> RequestFile {
+        RequestFile {
+            id: "3f2b8c1e-0d4a-4e6b-9c7d-1a2b3c4d5e6f".into(),
+            method: "POST".into(),
+            path: "/api/issues/abc/comments".into(),
+            query: "?x=1".into(),
+            headers: [
+                ("accept".to_owned(), "application/json".to_owned()),
+                ("content-type".to_owned(), "application/json".to_owned()),
+            ]
+            .into(),
+            body: "{\"body\":\"hi\"}".into(),
+            body_encoding: None,
+            created_at: "2026-11-28T16:00:00.000Z".into(),
+        }
+    }
+
+    #[test]
+    fn request_golden_both_ways() {
+        assert_eq!(String::from_utf8(to_line(&request())).unwrap(), REQUEST);
+        assert_eq!(
+            parse::<RequestFile>(REQUEST.as_bytes(), 1 << 20).unwrap(),
+            request()
+        );
+    }
+
+    #[test]
+    fn response_as_paperclip_writes_it_parses() {
+        // Paperclip's host always sends base64 bodies and may add fields we do not know.
+        let text = r#"{"id":"r1","status":201,"headers":{"content-type":"application/json","etag":"W/\"1\""},"body":"eyJvayI6dHJ1ZX0=","bodyEncoding":"base64","completedAt":"2026-11-28T16:00:01.000Z","extra":1}"#;
+        let parsed: ResponseFile = parse(text.as_bytes(), 1 << 20).unwrap();
+        assert_eq!(parsed.status, 201);
+        assert_eq!(parsed.headers["etag"], "W/\"1\"");
+        assert_eq!(parsed.body_bytes(100).unwrap(), br#"{"ok":true}"#);
+    }
+
+    #[test]
+    fn response_golden_with_binary_body() {
+        let file = ResponseFile::new("r2", 200, Headers::new(), &[0xff, 0], "T".into());
+        assert_eq!(
+            String::from_utf8(to_line(&file)).unwrap(),
+            "{\"id\":\"r2\",\"status\":200,\"headers\":{},\"body\":\"/wA=\",\"bodyEncoding\":\"base64\",\"completedAt\":\"T\"}\n"
+        );
+    }
+
+    #[test]
+    fn ready_golden_both_ways() {
+        let text = r#"{"pid":42,"host":"127.0.0.1","port":41234,"baseUrl":"http://127.0.0.1:41234","startedAt":"2026-11-28T16:00:00.000Z"}"#;
+        let ready = ReadyFile {
+            pid: 42,
+            host: "127.0.0.1".into(),
+            port: 41234,
+            base_url: "http://127.0.0.1:41234".into(),
+            started_at: "2026-11-28T16:00:00.000Z".into(),
+        };
+        assert_eq!(to_line(&ready), format!("{text}\n").into_bytes());
+        assert_eq!(parse::<ReadyFile>(text.as_bytes(), 4096).unwrap(), ready);
+    }
+
+    #[test]
+    fn missing_required_field_is_an_error() {
+        let text =
+            r#"{"id":"a","method":"GET","path":"/api/x","headers":{},"body":"","createdAt":"t"}"#;
+        let err = parse::<RequestFile>(text.as_bytes(), 4096).unwrap_err();
+        assert!(err.to_string().contains("query"), "{err}");
+    }
+
+    #[test]
+    fn oversized_envelope_is_refused_before_parsing() {
+        let err = parse::<RequestFile>(REQUEST.as_bytes(), 10).unwrap_err();
+        assert!(matches!(err, WireError::TooLarge { limit: 10, .. }));
+    }
+
+    #[test]
+    fn explicit_utf8_encoding_parses() {
+        let text = REQUEST.replace("\"createdAt\"", "\"bodyEncoding\":\"utf8\",\"createdAt\"");
+        let parsed: RequestFile = parse(text.as_bytes(), 1 << 20).unwrap();
+        assert_eq!(parsed.body_encoding, Some(BodyEncoding::Utf8));
+        assert_eq!(parsed.body_bytes(100).unwrap(), b"{\"body\":\"hi\"}");
+    }
+}

@@ -1,0 +1,286 @@
+//! The gateway's one route: every agent call becomes a request file and waits for its answer.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::Router;
+use bridge_protocol::env::GatewayConfig;
+use bridge_protocol::policy::{is_safe_method, DEFAULT_REQUEST_HEADERS};
+use bridge_protocol::wire::{self, Headers, RequestFile};
+use bridge_protocol::{codec, token};
+use tracing::Instrument as _;
+
+use crate::body::{self, BodyError};
+use crate::queue::Queue;
+use crate::reply::{self, error};
+use crate::watch::{Waiter, Waiters};
+
+/// Extra age, beyond the response timeout, after which a request file is abandoned.
+const STALE_MARGIN: Duration = Duration::from_secs(2);
+
+/// Shared by all requests.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: GatewayConfig,
+    queue: Queue,
+    waiters: Waiters,
+}
+
+impl AppState {
+    /// Opens (creates) the queue and starts the response watcher. Needs a tokio runtime.
+    pub fn new(config: GatewayConfig) -> std::io::Result<Self> {
+        let queue = Queue::create(&config.queue_dir)?;
+        let waiters = Waiters::default();
+        let inotify = crate::watch::spawn(queue.clone(), waiters.clone(), config.poll_interval);
+        tracing::info!(inotify, "watching for responses");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                queue,
+                waiters,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.inner.config
+    }
+
+    pub fn queue(&self) -> &Queue {
+        &self.inner.queue
+    }
+
+    /// Callers waiting for an answer right now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.waiters.len()
+    }
+}
+
+/// The gateway's router: one handler for every method and path.
+pub fn app(state: AppState) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+async fn handle(State(state): State<AppState>, request: Request) -> Response {
+    let id = new_request_id();
+    let span = tracing::info_span!(
+        "request",
+        id = %id,
+        method = %request.method(),
+        path = %request.uri().path()
+    );
+    async move {
+        let started = std::time::Instant::now();
+        let response = serve(&state.inner, id, request).await;
+        tracing::info!(
+            status = response.status().as_u16(),
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            "answered"
+        );
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+async fn serve(inner: &Inner, id: String, request: Request) -> Response {
+    let config = &inner.config;
+    if !authorized(request.headers(), &config.token) {
+        tracing::info!("refused: missing or wrong bridge token");
+        return error(StatusCode::UNAUTHORIZED, "missing or invalid bridge token");
+    }
+    if let Err(response) = admit(inner) {
+        return *response;
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = match body::read_limited(&parts.headers, body, config.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(e) => return body_error(e, config.max_body_bytes),
+    };
+    let path = parts.uri.path().to_owned();
+    let (text, encoding) = match body::encode(&parts.method, &path, &parts.headers, bytes) {
+        Ok(encoded) => encoded,
+        Err(e) => return body_error(e, config.max_body_bytes),
+    };
+    let file = RequestFile {
+        id: id.clone(),
+        method: parts.method.as_str().to_ascii_uppercase(),
+        path,
+        query: parts
+            .uri
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default(),
+        headers: allowlisted_headers(&parts.headers),
+        body: text,
+        body_encoding: encoding,
+        created_at: bridge_protocol::time::iso8601_at(SystemTime::now()),
+    };
+    // Register before publishing, so an instant answer cannot be missed.
+    let waiter = inner.waiters.register(&id);
+    let published = Published::publish(&inner.queue, &id, &wire::to_line(&file));
+    let published = match published {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "could not write the request file");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the bridge queue is not writable",
+            );
+        }
+    };
+    let answer = wait_for_answer(inner, &id, &waiter).await;
+    drop(published); // the request file goes, whether answered or not
+    match answer {
+        Some(Ok(bytes)) => reply::from_response_file(&bytes, &id, config.max_body_bytes),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "unreadable response file");
+            error(
+                StatusCode::BAD_GATEWAY,
+                "the bridge's response was unreadable",
+            )
+        }
+        None => timed_out(&file.method),
+    }
+}
+
+/// Queue depth: at the limit, sweep abandoned requests first, then refuse.
+fn admit(inner: &Inner) -> Result<(), Box<Response>> {
+    let config = &inner.config;
+    let depth = inner.queue.depth().unwrap_or(usize::MAX);
+    if depth < config.max_queue_depth {
+        return Ok(());
+    }
+    let swept = inner
+        .queue
+        .sweep_stale(config.response_timeout + STALE_MARGIN)
+        .unwrap_or(0);
+    if swept > 0 {
+        tracing::info!(swept, "removed abandoned request files");
+    }
+    if inner.queue.depth().unwrap_or(usize::MAX) < config.max_queue_depth {
+        return Ok(());
+    }
+    tracing::warn!(depth, "refused: the queue is full");
+    Err(Box::new(error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the bridge queue is full; retry later",
+    )))
+}
+
+/// Waits (bounded) for `responses/<id>.json`: `None` on time-out.
+async fn wait_for_answer(
+    inner: &Inner,
+    id: &str,
+    waiter: &Waiter,
+) -> Option<std::io::Result<Vec<u8>>> {
+    let limit = codec::envelope_limit(inner.config.max_body_bytes);
+    let wait = async {
+        loop {
+            match inner.queue.take_response(id, limit) {
+                Ok(Some(bytes)) => return Ok(bytes),
+                Ok(None) => waiter.notified().await,
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    match tokio::time::timeout(inner.config.response_timeout, wait).await {
+        Ok(result) => Some(result),
+        // One last look: an answer that landed at the deadline still counts.
+        Err(_) => inner.queue.take_response(id, limit).transpose(),
+    }
+}
+
+/// The caller waited too long. An unsafe request was published and may have been
+/// forwarded: its outcome is unknown, and a blind retry could do it twice.
+fn timed_out(method: &str) -> Response {
+    if is_safe_method(method) {
+        tracing::warn!("timed out waiting for the host");
+        error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timed out waiting for the bridge host",
+        )
+    } else {
+        tracing::warn!("timed out waiting for the host; outcome unknown");
+        reply::indeterminate(
+            "timed out waiting for the bridge host; the request may or may not have been applied",
+        )
+    }
+}
+
+fn body_error(e: BodyError, limit: usize) -> Response {
+    match e {
+        BodyError::TooLarge => error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body is over the limit of {limit} bytes"),
+        ),
+        BodyError::Unsupported(why) => error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &why),
+        BodyError::Broken(why) => error(StatusCode::BAD_REQUEST, &why),
+    }
+}
+
+fn authorized(headers: &HeaderMap, expected: &str) -> bool {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(token::bearer_token)
+        .is_some_and(|given| token::constant_time_eq(given.as_bytes(), expected.as_bytes()))
+}
+
+/// Allowlisted request headers, lower-case, repeated values joined with ", ".
+fn allowlisted_headers(headers: &HeaderMap) -> Headers {
+    let mut out = Headers::new();
+    for name in DEFAULT_REQUEST_HEADERS {
+        let values: Vec<&str> = headers
+            .get_all(*name)
+            .iter()
+            .filter_map(|v: &HeaderValue| v.to_str().ok())
+            .collect();
+        if !values.is_empty() {
+            out.insert((*name).to_owned(), values.join(", "));
+        }
+    }
+    out
+}
+
+fn new_request_id() -> String {
+    let mut bytes = [0u8; 16];
+    if let Err(e) = getrandom::fill(&mut bytes) {
+        // Uniqueness, not secrecy, is what ids need: fall back to the clock and a counter.
+        tracing::warn!(error = %e, "no OS randomness for a request id");
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        bytes = nanos.to_le_bytes();
+    }
+    token::format_uuid_v4(bytes)
+}
+
+/// A published request file; withdrawn when dropped (answered, timed out, or the client
+/// went away), which tells the host nobody waits any more.
+struct Published<'a> {
+    queue: &'a Queue,
+    id: &'a str,
+}
+
+impl<'a> Published<'a> {
+    fn publish(queue: &'a Queue, id: &'a str, bytes: &[u8]) -> std::io::Result<Self> {
+        queue.publish(id, bytes)?;
+        Ok(Self { queue, id })
+    }
+}
+
+impl Drop for Published<'_> {
+    fn drop(&mut self) {
+        self.queue.withdraw(self.id);
+    }
+}

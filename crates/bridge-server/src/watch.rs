@@ -1,0 +1,165 @@
+//! Waking callers the moment their response file lands.
+//!
+//! inotify on `responses/` notifies the waiter of `<id>.json` as soon as the file is
+//! renamed into place; a periodic scan backs it up (and replaces it where inotify is not
+//! available). A response nobody waits for is a late answer and is deleted.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bridge_protocol::layout;
+use futures_util::StreamExt as _;
+use inotify::{Inotify, WatchMask};
+use tokio::sync::Notify;
+
+use crate::queue::Queue;
+
+/// Scan interval when inotify works (a safety net for missed events).
+const SAFETY_SCAN: Duration = Duration::from_secs(1);
+
+/// The callers waiting for responses, by request id.
+#[derive(Debug, Clone, Default)]
+pub struct Waiters {
+    map: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+}
+
+/// A registered wait; unregisters on drop.
+#[derive(Debug)]
+pub struct Waiter {
+    id: String,
+    notify: Arc<Notify>,
+    waiters: Waiters,
+}
+
+impl Waiters {
+    /// Registers `id` (before its request is published, so no answer can be missed).
+    pub fn register(&self, id: &str) -> Waiter {
+        let notify = Arc::new(Notify::new());
+        if let Ok(mut map) = self.map.lock() {
+            map.insert(id.to_owned(), notify.clone());
+        }
+        Waiter {
+            id: id.to_owned(),
+            notify,
+            waiters: self.clone(),
+        }
+    }
+
+    /// Wakes the waiter of `id`; returns false when nobody waits for it.
+    pub fn wake(&self, id: &str) -> bool {
+        let notify = self.map.lock().ok().and_then(|map| map.get(id).cloned());
+        match notify {
+            Some(n) => {
+                n.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// How many callers wait now.
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+impl Waiter {
+    /// Resolves when a response for this id may be there (it may also be spurious).
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.waiters.map.lock() {
+            map.remove(&self.id);
+        }
+    }
+}
+
+/// Starts the watcher task; returns whether inotify is in use.
+pub fn spawn(queue: Queue, waiters: Waiters, poll_interval: Duration) -> bool {
+    let inotify = watch_responses(&queue);
+    let using_inotify = inotify.is_some();
+    let scan_every = if using_inotify {
+        SAFETY_SCAN
+    } else {
+        poll_interval
+    };
+    if let Some(inotify) = inotify {
+        tokio::spawn(inotify_loop(inotify, queue.clone(), waiters.clone()));
+    }
+    tokio::spawn(scan_loop(queue, waiters, scan_every));
+    using_inotify
+}
+
+fn watch_responses(queue: &Queue) -> Option<Inotify> {
+    let inotify = Inotify::init()
+        .map_err(|e| tracing::warn!(error = %e, "inotify unavailable; polling for responses"))
+        .ok()?;
+    inotify
+        .watches()
+        .add(
+            queue.layout().responses_dir(),
+            WatchMask::MOVED_TO | WatchMask::CLOSE_WRITE,
+        )
+        .map_err(|e| tracing::warn!(error = %e, "cannot watch responses/; polling"))
+        .ok()?;
+    Some(inotify)
+}
+
+async fn inotify_loop(inotify: Inotify, queue: Queue, waiters: Waiters) {
+    let mut stream = match inotify.into_event_stream([0u8; 4096]) {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::warn!(error = %e, "inotify stream failed; the scan loop carries on");
+            return;
+        }
+    };
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(event) => {
+                let name = event.name.as_ref().and_then(|n| n.to_str());
+                match name.and_then(layout::entry_id) {
+                    Some(id) => dispatch(&queue, &waiters, id),
+                    // Overflow or an unnamed event: look at everything.
+                    None if event.mask.contains(inotify::EventMask::Q_OVERFLOW) => {
+                        scan_once(&queue, &waiters)
+                    }
+                    None => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "inotify read failed; the scan loop carries on");
+                return;
+            }
+        }
+    }
+}
+
+async fn scan_loop(queue: Queue, waiters: Waiters, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        scan_once(&queue, &waiters);
+    }
+}
+
+fn scan_once(queue: &Queue, waiters: &Waiters) {
+    match queue.response_ids() {
+        Ok(ids) => ids.iter().for_each(|id| dispatch(queue, waiters, id)),
+        Err(e) => tracing::warn!(error = %e, "cannot list responses/"),
+    }
+}
+
+/// Wakes the waiter, or deletes a response nobody waits for any more.
+fn dispatch(queue: &Queue, waiters: &Waiters, id: &str) {
+    if !waiters.wake(id) {
+        tracing::info!(id, "dropping a late response: its caller is gone");
+        queue.discard_response(id);
+    }
+}
