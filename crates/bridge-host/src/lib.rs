@@ -6,6 +6,11 @@
 //!   the real credential ([`proxy`]) and writes the answer back.
 //! - [`deploy`]: uploads and starts the gateway in a sandbox and runs the worker for it.
 
+pub mod audit;
+pub mod deploy;
+pub mod policy;
+pub mod proxy;
 pub mod runner;
 pub mod shell;
 pub mod transport;
+pub mod worker;

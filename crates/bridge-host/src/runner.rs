@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 pub mod command;
+mod exec;
 pub mod netns;
 
 pub use command::{CommandRunner, LocalRunner};
@@ -122,6 +123,8 @@ pub enum RunnerError {
     Io(#[from] std::io::Error),
     #[error("the sandbox is gone: {0}")]
     SandboxGone(String),
+    #[error("{0}")]
+    Invalid(String),
     #[error("this runner cannot stream")]
     NoStreaming,
 }

@@ -101,6 +101,11 @@ impl RouteAllowlist {
         Ok(Self { rules })
     }
 
+    /// A list of rules already built (e.g. two lists joined).
+    pub fn from_rules(rules: Vec<RouteRule>) -> Self {
+        Self { rules }
+    }
+
     /// Whether `method` on `path` is allowed.
     pub fn allows(&self, method: &str, path: &CanonicalPath) -> bool {
         self.rules

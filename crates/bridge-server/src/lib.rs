@@ -24,27 +24,18 @@ pub use queue::Queue;
 pub use serve::run;
 
 /// Why the gateway could not start.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The queue directory could not be created.
-    Queue(std::io::Error),
+    #[error("cannot create the queue directory: {0}")]
+    Queue(#[source] std::io::Error),
     /// The address could not be bound.
-    Bind(SocketAddr, std::io::Error),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, #[source] std::io::Error),
     /// `ready.json` could not be written.
-    Ready(std::io::Error),
+    #[error("cannot write ready.json: {0}")]
+    Ready(#[source] std::io::Error),
 }
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Queue(e) => write!(f, "cannot create the queue directory: {e}"),
-            Self::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
-            Self::Ready(e) => write!(f, "cannot write ready.json: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for StartError {}
 
 /// Opens the queue, binds, and writes `ready.json`. Serve the result with [`run`].
 pub async fn start(

@@ -1,6 +1,10 @@
 //! The real gateway binary against a harness that plays the queue_v1 host: one test per
 //! status, concurrency, late answers, the stale sweep, SIGTERM and start-up failures.
 
+// Test helpers (tests/common) are not #[test] functions, so clippy's in-test allowance
+// does not reach them; a failed helper step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;
@@ -353,4 +357,32 @@ fn wait(child: &mut std::process::Child) -> std::process::ExitStatus {
     }
     let _ = child.kill();
     panic!("the gateway did not exit");
+}
+
+#[test]
+fn queue_files_are_owner_only_and_a_caller_who_leaves_withdraws_its_request() {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let gateway = Gateway::start(&[("PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS", "20000")]);
+    let requests = gateway.queue().join("requests");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", gateway.port)).unwrap();
+    let head = format!(
+        "POST /api/issues/i1/comments HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\n\
+         content-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    eventually("request published", Duration::from_secs(5), || {
+        entries(&requests).len() == 1
+    });
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let file = requests.join(&entries(&requests)[0]);
+    assert_eq!(mode(&file), 0o600);
+    for dir in ["", "requests", "responses", "logs"] {
+        assert_eq!(mode(&gateway.queue().join(dir)), 0o700, "{dir}/");
+    }
+    assert_eq!(mode(&gateway.queue().join("ready.json")), 0o600);
+    drop(stream);
+    eventually("request withdrawn", Duration::from_secs(5), || {
+        entries(&requests).is_empty()
+    });
 }

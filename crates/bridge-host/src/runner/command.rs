@@ -1,10 +1,227 @@
-//! Runners that exec through a local command: `sh` itself, or any exec prefix.
-//! (Being written; see the helper task.)
+//! Runners that exec through a local program: this machine's `sh` ([`LocalRunner`]), or
+//! any exec prefix such as `docker exec -i BOX` or `ssh -T HOST` ([`CommandRunner`]).
 
-/// Runs scripts with this machine's `sh`.
+use std::process::Stdio;
+
+use tokio::process::Command;
+
+use super::exec::{self, base_env, with_cwd};
+use super::{BoxFuture, Capabilities, Exec, ExecOutput, Runner, RunnerError, Spawn};
+
+/// Runs scripts with this machine's `sh`: no isolation at all (development and tests).
 #[derive(Debug, Clone, Default)]
 pub struct LocalRunner;
 
-/// Runs scripts through an exec prefix such as `docker exec -i BOX`.
+impl Runner for LocalRunner {
+    fn exec(&self, exec: Exec) -> BoxFuture<'_, Result<ExecOutput, RunnerError>> {
+        Box::pin(async move {
+            let mut command = Command::new("sh");
+            command
+                .arg("-c")
+                .arg(with_cwd(&exec.script, exec.cwd.as_deref()))
+                .env_clear()
+                .envs(base_env())
+                .envs(exec.env);
+            exec::run(command, exec.stdin, exec.timeout).await
+        })
+    }
+
+    fn spawn(&self, spawn: Spawn) -> Result<tokio::process::Child, RunnerError> {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(with_cwd(&spawn.script, spawn.cwd.as_deref()))
+            .env_clear()
+            .envs(base_env())
+            .envs(spawn.env)
+            .stdin(Stdio::null());
+        start(command, spawn.inherit_output)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            streaming: true,
+            shared_fs: true,
+        }
+    }
+}
+
+/// Runs scripts through an exec prefix: `<prefix...> sh -c <script>`.
+///
+/// The local environment does not cross a remote exec, so [`Exec::env`] travels in the
+/// exec's stdin, ahead of the caller's stdin: a line with its length, then `export` lines
+/// that a small prelude reads and evaluates. Values never appear in an argument list.
 #[derive(Debug, Clone)]
-pub struct CommandRunner;
+pub struct CommandRunner {
+    prefix: Vec<String>,
+}
+
+/// The prelude that reads the environment block from stdin, then runs the script.
+const ENV_PRELUDE: &str = "IFS= read -r __pcb_n || exit 125\n\
+__pcb_env=$(head -c \"$__pcb_n\") || exit 125\n\
+eval \"$__pcb_env\"\n\
+unset __pcb_n __pcb_env\n";
+
+impl CommandRunner {
+    /// A runner for `prefix` (e.g. `["docker", "exec", "-i", "box"]`).
+    pub fn new(prefix: Vec<String>) -> Result<Self, RunnerError> {
+        if prefix.is_empty() {
+            return Err(RunnerError::Invalid("the exec prefix is empty".into()));
+        }
+        Ok(Self { prefix })
+    }
+
+    /// Splits a prefix written as one string, honouring single and double quotes.
+    pub fn parse(prefix: &str) -> Result<Self, RunnerError> {
+        Self::new(split_words(prefix)?)
+    }
+
+    fn command(&self, script: String) -> Command {
+        let mut command = Command::new(&self.prefix[0]);
+        command
+            .args(&self.prefix[1..])
+            .arg("sh")
+            .arg("-c")
+            .arg(script)
+            .env_clear()
+            .envs(base_env());
+        command
+    }
+}
+
+impl Runner for CommandRunner {
+    fn exec(&self, exec: Exec) -> BoxFuture<'_, Result<ExecOutput, RunnerError>> {
+        Box::pin(async move {
+            let script = format!(
+                "{ENV_PRELUDE}{}",
+                with_cwd(&exec.script, exec.cwd.as_deref())
+            );
+            let mut stdin = env_block(&exec.env)?;
+            stdin.extend_from_slice(&exec.stdin);
+            exec::run(self.command(script), stdin, exec.timeout).await
+        })
+    }
+
+    fn spawn(&self, spawn: Spawn) -> Result<tokio::process::Child, RunnerError> {
+        // The environment must travel in stdin, which a streaming agent needs for itself:
+        // the block is written first, then the agent reads an empty stdin.
+        let script = format!(
+            "{ENV_PRELUDE}{}",
+            with_cwd(&spawn.script, spawn.cwd.as_deref())
+        );
+        let block = env_block(&spawn.env)?;
+        let mut command = self.command(script);
+        command.stdin(Stdio::piped());
+        let mut child = start(command, spawn.inherit_output)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt as _;
+                let _ = stdin.write_all(&block).await;
+            });
+        }
+        Ok(child)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            streaming: true,
+            shared_fs: false,
+        }
+    }
+}
+
+/// Starts a long-running process (stdin as the caller set it); stdout/stderr inherited
+/// for live output if asked.
+pub(super) fn start(
+    mut command: Command,
+    inherit_output: bool,
+) -> Result<tokio::process::Child, RunnerError> {
+    if inherit_output {
+        command.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    } else {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    }
+    command.kill_on_drop(true);
+    let program = command
+        .as_std()
+        .get_program()
+        .to_string_lossy()
+        .into_owned();
+    command
+        .spawn()
+        .map_err(|source| RunnerError::Spawn { program, source })
+}
+
+/// `<length>\n` + `export NAME='value'` lines.
+fn env_block(env: &[(String, String)]) -> Result<Vec<u8>, RunnerError> {
+    let mut text = String::new();
+    for (name, value) in env {
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(RunnerError::Invalid(format!(
+                "invalid environment variable name {name:?}"
+            )));
+        }
+        text.push_str(&format!("export {name}={}\n", crate::shell::quote(value)));
+    }
+    let mut block = format!("{}\n", text.len()).into_bytes();
+    block.extend_from_slice(text.as_bytes());
+    Ok(block)
+}
+
+fn split_words(text: &str) -> Result<Vec<String>, RunnerError> {
+    let mut words = Vec::new();
+    let mut current: Option<String> = None;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' | '\n' => {
+                if let Some(word) = current.take() {
+                    words.push(word);
+                }
+            }
+            '\'' | '"' => {
+                let word = current.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some(q) if q == c => break,
+                        Some(other) => word.push(other),
+                        None => {
+                            return Err(RunnerError::Invalid(format!(
+                                "unbalanced {c} in exec prefix {text:?}"
+                            )))
+                        }
+                    }
+                }
+            }
+            other => current.get_or_insert_with(String::new).push(other),
+        }
+    }
+    words.extend(current);
+    Ok(words)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_split_like_a_shell() {
+        assert_eq!(
+            split_words("docker exec -i 'my box'  \"x y\"").unwrap(),
+            ["docker", "exec", "-i", "my box", "x y"]
+        );
+        assert!(split_words("ssh 'oops").is_err());
+    }
+
+    #[test]
+    fn env_block_is_length_prefixed_and_quoted() {
+        let block = env_block(&[("A".into(), "it's".into())]).unwrap();
+        assert_eq!(block, b"19\nexport A='it'\\''s'\n");
+        assert!(env_block(&[("A B".into(), "x".into())]).is_err());
+    }
+}

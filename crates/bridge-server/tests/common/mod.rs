@@ -1,7 +1,7 @@
 //! Test harness: the real gateway binary on a temporary queue, a minimal HTTP client, and
 //! a "host" thread that answers request files the way a queue_v1 host does.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
 use std::io::{Read, Write};

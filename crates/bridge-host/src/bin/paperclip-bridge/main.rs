@@ -1,2 +1,85 @@
-//! paperclip-bridge: the host CLI (being built).
-fn main() {}
+//! paperclip-bridge: run agents in sandboxes whose only way to the Paperclip API is the
+//! bridge, which holds the real credential on this side.
+
+mod agent_env;
+mod args;
+mod demo;
+mod run;
+mod sandbox;
+mod signals;
+mod worker_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The Paperclip sandbox bridge (host side).
+#[derive(Debug, Parser)]
+#[command(name = "paperclip-bridge", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create (or reach) a sandbox, deploy the bridge, run AGENT_CMD inside it with the
+    /// bridge's environment, stream its output, exit with its status, tear down.
+    Run(Box<run::RunArgs>),
+    /// Like `run` without an agent: print the agent environment as one JSON line and serve
+    /// until SIGINT/SIGTERM.
+    Up(Box<run::UpArgs>),
+    /// Only the host worker, for a gateway someone else started (e.g. Paperclip's own).
+    Worker(Box<worker_cmd::WorkerArgs>),
+    /// Everything local: a sandbox, the bridge, a demo upstream and a scripted agent.
+    Demo(demo::DemoArgs),
+    /// The demo's scripted agent (runs inside the sandbox).
+    #[command(hide = true)]
+    DemoAgent(demo::DemoAgentArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("paperclip-bridge: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("paperclip-bridge: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    if let Command::DemoAgent(args) = command {
+        return demo::agent(args).await;
+    }
+    let shutdown = signals::Shutdown::install()?;
+    match command {
+        Command::Run(args) => run::run(*args, shutdown).await,
+        Command::Up(args) => run::up(*args, shutdown).await,
+        Command::Worker(args) => worker_cmd::worker(*args, shutdown).await,
+        Command::Demo(args) => demo::demo(args, shutdown).await,
+        Command::DemoAgent(_) => unreachable!("handled above"),
+    }
+}
+
+/// Logs go to stderr (stdout belongs to `up`'s JSON line and the agent); `RUST_LOG`
+/// overrides the default level.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

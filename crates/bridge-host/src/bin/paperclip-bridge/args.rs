@@ -1,0 +1,132 @@
+//! Command-line options shared by `run`, `up` and `worker`, and their translation into a
+//! bridge configuration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bridge_host::policy::HostPolicy;
+use bridge_host::proxy::{Secret, Upstream};
+use clap::{Args, ValueEnum};
+
+/// Where the agent runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SandboxKind {
+    /// A network-isolated sandbox made with Linux namespaces on this machine.
+    Netns,
+    /// No sandbox: this machine's `sh` (for development; the agent can reach the network).
+    Local,
+    /// Any exec prefix (`--exec 'docker exec -i BOX'`, `--exec 'ssh -T HOST'`, ...).
+    Exec,
+}
+
+/// How the worker reaches the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    /// Shared directory when the sandbox is this machine's file system, else POSIX sh.
+    Auto,
+    /// POSIX sh scripts over exec: works with any sandbox.
+    Posix,
+    /// Read the queue directly (only with `--sandbox local`).
+    SharedFs,
+}
+
+/// Where the sandbox is and how to reach it.
+#[derive(Debug, Clone, Args)]
+pub struct SandboxArgs {
+    /// Kind of sandbox.
+    #[arg(long, value_enum, default_value = "netns")]
+    pub sandbox: SandboxKind,
+    /// Exec prefix for `--sandbox exec`, e.g. 'docker exec -i BOX'.
+    #[arg(long, value_name = "PREFIX")]
+    pub exec: Option<String>,
+    /// Working directory inside the sandbox (default: a fresh temporary directory for
+    /// netns/local, /tmp/paperclip-bridge for exec).
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+}
+
+/// The upstream API and the real credential.
+#[derive(Debug, Clone, Args)]
+pub struct UpstreamArgs {
+    /// The Paperclip API base URL (without /api).
+    #[arg(long, env = "PAPERCLIP_API_URL", value_name = "URL")]
+    pub api_url: Option<String>,
+    /// Read the real API key from this environment variable [default: PAPERCLIP_API_KEY].
+    #[arg(long, value_name = "VAR", conflicts_with = "api_key_file")]
+    pub api_key_env: Option<String>,
+    /// Read the real API key from this file.
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Run id sent upstream as X-Paperclip-Run-Id.
+    #[arg(long, env = "PAPERCLIP_RUN_ID", value_name = "ID")]
+    pub run_id: Option<String>,
+    /// Upstream request timeout in seconds.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub upstream_timeout: u64,
+}
+
+/// Policy and worker tuning.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    /// Policy file (TOML): routes, headers, limits [default: Paperclip's list].
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Append every decision as a JSON line to this file.
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// Requests forwarded at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// How the worker reaches the queue.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub transport: TransportArg,
+}
+
+impl UpstreamArgs {
+    /// The upstream, with the key read from where the flags say.
+    pub fn upstream(&self) -> Result<Upstream> {
+        let url = self.api_url.clone().context(
+            "no API URL: pass --api-url URL or set PAPERCLIP_API_URL (Paperclip sets it for \
+             process-adapter commands)",
+        )?;
+        let key = self.api_key()?;
+        Upstream::new(
+            &url,
+            key,
+            self.run_id.clone(),
+            Duration::from_secs(self.upstream_timeout),
+        )
+        .with_context(|| format!("--api-url {url:?}"))
+    }
+
+    fn api_key(&self) -> Result<Secret> {
+        if let Some(file) = &self.api_key_file {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading --api-key-file {}", file.display()))?;
+            let key = text.trim();
+            if key.is_empty() {
+                bail!("--api-key-file {} is empty", file.display());
+            }
+            return Ok(Secret::new(key.to_owned()));
+        }
+        let var = self.api_key_env.as_deref().unwrap_or("PAPERCLIP_API_KEY");
+        match std::env::var(var) {
+            Ok(key) if !key.trim().is_empty() => Ok(Secret::new(key.trim().to_owned())),
+            _ => bail!(
+                "no API key: {var} is not set (pass --api-key-file FILE or --api-key-env VAR; \
+                 Paperclip sets PAPERCLIP_API_KEY for process-adapter commands)"
+            ),
+        }
+    }
+}
+
+impl PolicyArgs {
+    pub fn policy(&self) -> Result<HostPolicy> {
+        match &self.policy {
+            Some(path) => HostPolicy::load(path)
+                .with_context(|| format!("loading --policy {}", path.display())),
+            None => Ok(HostPolicy::default()),
+        }
+    }
+}

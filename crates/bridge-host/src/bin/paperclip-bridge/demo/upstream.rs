@@ -1,0 +1,143 @@
+//! The demo upstream: a tiny stand-in for the Paperclip API that records what reached it.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    authorization: Option<String>,
+    run_id: Option<String>,
+    headers: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Shared {
+    key: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+/// A running demo upstream on 127.0.0.1 (this machine's loopback, not the sandbox's).
+#[derive(Debug)]
+pub struct DemoUpstream {
+    port: u16,
+    shared: Shared,
+}
+
+impl DemoUpstream {
+    pub async fn start(key: String) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding the demo upstream")?;
+        let port = listener.local_addr()?.port();
+        let shared = Shared {
+            key,
+            seen: Arc::default(),
+        };
+        let app = Router::new().fallback(answer).with_state(shared.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "demo upstream stopped");
+            }
+        });
+        Ok(Self { port, shared })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Lines describing every request that arrived.
+    pub fn report(&self, key: &str) -> Vec<String> {
+        let seen = self
+            .shared
+            .seen
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        if seen.is_empty() {
+            return vec!["nothing".into()];
+        }
+        seen.iter()
+            .map(|s| {
+                let auth = match &s.authorization {
+                    Some(a) if *a == format!("Bearer {key}") => {
+                        "the real key (injected by the host)"
+                    }
+                    Some(_) => "a WRONG credential",
+                    None => "NO credential",
+                };
+                format!(
+                    "{} {} with {auth}, run id {}, headers [{}]",
+                    s.method,
+                    s.path,
+                    s.run_id.as_deref().unwrap_or("-"),
+                    s.headers.join(", ")
+                )
+            })
+            .collect()
+    }
+}
+
+async fn answer(State(shared): State<Shared>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let header = |name: &str, headers: &HeaderMap| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let seen = Seen {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        authorization: header("authorization", &parts.headers),
+        run_id: header("x-paperclip-run-id", &parts.headers),
+        headers: parts.headers.keys().map(|k| k.to_string()).collect(),
+    };
+    let authorized = seen.authorization.as_deref() == Some(&format!("Bearer {}", shared.key));
+    if let Ok(mut all) = shared.seen.lock() {
+        all.push(seen.clone());
+    }
+    let _ = axum::body::to_bytes(body, 1 << 20).await;
+    if !authorized {
+        return (
+            StatusCode::UNAUTHORIZED,
+            json(r#"{"error":"bad credential"}"#),
+        )
+            .into_response();
+    }
+    route(&seen.method, &seen.path)
+}
+
+fn route(method: &str, path: &str) -> Response {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method, segments.as_slice()) {
+        ("GET", ["api", "agents", "me"]) => {
+            json(r#"{"id":"demo-agent","name":"Demo agent","role":"engineer"}"#).into_response()
+        }
+        ("POST", ["api", "issues", issue, "comments"]) => (
+            StatusCode::CREATED,
+            [("location", format!("/api/issues/{issue}/comments/c-1"))],
+            json(r#"{"id":"c-1","body":"hello from the sandbox"}"#),
+        )
+            .into_response(),
+        ("GET", ["api", "attachments", _, "content"]) => (
+            [("content-type", "application/octet-stream")],
+            Bytes::from_static(&[0x89, b'P', b'N', b'G', 0, 0xff, 0xfe, 1]),
+        )
+            .into_response(),
+        _ => (StatusCode::NOT_FOUND, json(r#"{"error":"not found"}"#)).into_response(),
+    }
+}
+
+fn json(text: &'static str) -> impl IntoResponse {
+    ([("content-type", "application/json")], text)
+}

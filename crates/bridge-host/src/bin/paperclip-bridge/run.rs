@@ -1,0 +1,214 @@
+//! `paperclip-bridge run` and `up`: sandbox + bridge (+ agent), torn down on every exit.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bridge_host::deploy::{Bridge, BridgeConfig, BridgeHandle, TransportKind};
+use bridge_host::runner::Spawn;
+use clap::Args;
+
+use crate::agent_env::agent_env;
+use crate::args::{PolicyArgs, SandboxArgs, SandboxKind, TransportArg, UpstreamArgs};
+use crate::sandbox::Sandbox;
+use crate::signals::Shutdown;
+
+/// How long the agent gets to exit after TERM before it is killed.
+const AGENT_GRACE: Duration = Duration::from_secs(5);
+
+/// Options of the bridge itself.
+#[derive(Debug, Clone, Args)]
+pub struct BridgeArgs {
+    /// The gateway binary to upload [default: target/dist/<musl>/ or next to this binary].
+    #[arg(long, env = "PAPERCLIP_BRIDGE_SERVER_BIN", value_name = "PATH")]
+    pub gateway_bin: Option<PathBuf>,
+    /// How long an agent's call may wait for its answer, in milliseconds.
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    pub response_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    #[command(flatten)]
+    pub upstream: UpstreamArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub bridge: BridgeArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub up: UpArgs,
+    /// Pass this host variable to the agent (repeatable). Secret-looking names are refused.
+    #[arg(long = "pass-env", value_name = "NAME")]
+    pub pass_env: Vec<String>,
+    /// Pass this host variable to the agent even though it looks like a secret.
+    #[arg(long = "pass-secret-env", value_name = "NAME")]
+    pub pass_secret_env: Vec<String>,
+    /// The agent command, run inside the sandbox.
+    #[arg(last = true, required = true, value_name = "AGENT_CMD")]
+    pub agent: Vec<String>,
+}
+
+/// `run`: the agent's exit status becomes ours.
+pub async fn run(args: RunArgs, shutdown: Shutdown) -> Result<ExitCode> {
+    let (sandbox, bridge) = start(&args.up).await?;
+    let outcome = run_agent(&args, &sandbox, &bridge, shutdown).await;
+    teardown(sandbox, bridge).await;
+    outcome
+}
+
+/// `up`: print the agent environment as one JSON line and serve until a signal.
+pub async fn up(args: UpArgs, mut shutdown: Shutdown) -> Result<ExitCode> {
+    let (sandbox, bridge) = start(&args).await?;
+    let env: serde_json::Map<String, serde_json::Value> = bridge
+        .agent_env()
+        .into_iter()
+        .map(|(k, v)| (k, v.into()))
+        .collect();
+    println!("{}", serde_json::Value::Object(env));
+    tracing::info!("serving; stop with Ctrl-C or SIGTERM");
+    shutdown.recv().await;
+    teardown(sandbox, bridge).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the sandbox and deploys the bridge into it (closing the sandbox on failure).
+async fn start(args: &UpArgs) -> Result<(Sandbox, BridgeHandle)> {
+    let config_without_dir = bridge_config(args, PathBuf::new())?;
+    let sandbox = Sandbox::open(&args.sandbox).await?;
+    let mut config = config_without_dir;
+    config.sandbox_dir = sandbox.workdir.clone();
+    config.transport = transport(args, &sandbox)?;
+    match Bridge::start(sandbox.runner.clone(), config).await {
+        Ok(bridge) => Ok((sandbox, bridge)),
+        Err(e) => {
+            sandbox.close().await;
+            Err(e).context("deploying the bridge into the sandbox")
+        }
+    }
+}
+
+async fn teardown(sandbox: Sandbox, bridge: BridgeHandle) {
+    if let Err(e) = bridge.stop().await {
+        tracing::warn!(error = %e, "stopping the bridge");
+    }
+    sandbox.close().await;
+}
+
+fn bridge_config(args: &UpArgs, sandbox_dir: PathBuf) -> Result<BridgeConfig> {
+    let upstream = args.upstream.upstream()?;
+    let policy = args.policy.policy()?;
+    let binary = gateway_binary(args.bridge.gateway_bin.clone())?;
+    let mut config = BridgeConfig::new(binary, sandbox_dir, upstream);
+    config.policy = Arc::new(policy);
+    config.response_timeout = Duration::from_millis(args.bridge.response_timeout_ms);
+    config.worker.concurrency = args.policy.concurrency.max(1);
+    config.worker.response_timeout = config.response_timeout;
+    if let Some(path) = &args.policy.audit_log {
+        config.worker.audit = Some(
+            bridge_host::audit::AuditLog::open(path)
+                .with_context(|| format!("opening --audit-log {}", path.display()))?,
+        );
+    }
+    Ok(config)
+}
+
+fn transport(args: &UpArgs, sandbox: &Sandbox) -> Result<TransportKind> {
+    let shared = sandbox.runner.capabilities().shared_fs;
+    Ok(match args.policy.transport {
+        TransportArg::Posix => TransportKind::Posix,
+        TransportArg::SharedFs if shared => TransportKind::SharedFs,
+        TransportArg::SharedFs => {
+            bail!("--transport shared-fs works only with --sandbox local")
+        }
+        TransportArg::Auto if shared && args.sandbox.sandbox == SandboxKind::Local => {
+            TransportKind::SharedFs
+        }
+        TransportArg::Auto => TransportKind::Posix,
+    })
+}
+
+/// Where the gateway binary is: the flag, else the static dist build, else beside us.
+pub fn gateway_binary(given: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(path) = given {
+        if !path.is_file() {
+            bail!("gateway binary {} does not exist", path.display());
+        }
+        return Ok(path);
+    }
+    let exe = std::env::current_exe().context("finding this program's path")?;
+    let dir = exe.parent().context("this program has no folder")?;
+    let candidates = [
+        dir.join("../dist/x86_64-unknown-linux-musl/paperclip-bridge-server"),
+        dir.join("../../dist/x86_64-unknown-linux-musl/paperclip-bridge-server"),
+        dir.join("paperclip-bridge-server"),
+    ];
+    candidates.into_iter().find(|p| p.is_file()).context(
+        "no gateway binary found: build it with `cargo xtask dist` or pass --gateway-bin PATH",
+    )
+}
+
+/// Runs the agent with live output and returns its exit status as ours.
+async fn run_agent(
+    args: &RunArgs,
+    sandbox: &Sandbox,
+    bridge: &BridgeHandle,
+    mut shutdown: Shutdown,
+) -> Result<ExitCode> {
+    let env = agent_env(
+        bridge.agent_env(),
+        &args.pass_env,
+        &args.pass_secret_env,
+        |name| std::env::var(name).ok(),
+    )?;
+    let spawn = Spawn {
+        script: format!("exec {}", bridge_host::shell::join(&args.agent)),
+        env,
+        cwd: Some(sandbox.workdir.clone()),
+        inherit_output: true,
+    };
+    let mut child = sandbox
+        .runner
+        .spawn(spawn)
+        .context("starting the agent in the sandbox")?;
+    let status = tokio::select! {
+        status = child.wait() => status.context("waiting for the agent")?,
+        signal = shutdown.recv() => {
+            tracing::warn!(signal, "stopping the agent");
+            terminate(&mut child).await?
+        }
+    };
+    Ok(exit_code(status))
+}
+
+/// TERM, then KILL after a grace.
+async fn terminate(child: &mut tokio::process::Child) -> Result<std::process::ExitStatus> {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    match tokio::time::timeout(AGENT_GRACE, child.wait()).await {
+        Ok(status) => Ok(status?),
+        Err(_) => {
+            child.start_kill().ok();
+            Ok(child.wait().await?)
+        }
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        (None, Some(signal)) => ExitCode::from(u8::try_from(128 + signal).unwrap_or(1)),
+        _ => ExitCode::FAILURE,
+    }
+}

@@ -1,0 +1,397 @@
+//! The worker: keeps one long-poll `take` outstanding, handles requests concurrently (in
+//! arrival order, bounded), and delivers answers in batches, retrying transport failures
+//! with backoff. It never forwards a request twice: a request already claimed before this
+//! worker started is answered "indeterminate" if it was unsafe.
+
+mod check;
+mod respond;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bridge_protocol::codec::envelope_limit;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::audit::AuditLog;
+use crate::policy::HostPolicy;
+use crate::proxy::Upstream;
+use crate::transport::{Incoming, Outgoing, TakeOptions, Transport};
+
+pub use check::{check, Checked, Refusal};
+
+/// Worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Requests forwarded at once.
+    pub concurrency: usize,
+    /// How long one `take` waits in the sandbox for a request (the long poll).
+    pub take_wait: Duration,
+    /// Bytes of request files one `take` returns at most.
+    pub max_batch_bytes: usize,
+    /// First backoff after a failed exec; doubles up to `retry_cap`.
+    pub retry_start: Duration,
+    pub retry_cap: Duration,
+    /// At stop, how long in-flight requests may still finish.
+    pub drain_timeout: Duration,
+    /// How long a caller may still be waiting; older answers are given up.
+    pub response_timeout: Duration,
+    pub audit: Option<AuditLog>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            take_wait: Duration::from_secs(10),
+            max_batch_bytes: 16 * 1024 * 1024,
+            retry_start: Duration::from_millis(50),
+            retry_cap: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(30),
+            audit: None,
+        }
+    }
+}
+
+/// Counters, for tests, benchmarks and logs.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub taken: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub refused: AtomicU64,
+    pub delivered: AtomicU64,
+    pub caller_gone: AtomicU64,
+    pub transport_errors: AtomicU64,
+}
+
+/// Everything the tasks share.
+#[derive(Debug)]
+struct Shared {
+    transport: Arc<dyn Transport>,
+    upstream: Upstream,
+    policy: Arc<HostPolicy>,
+    config: WorkerConfig,
+    stats: Arc<Stats>,
+    /// Ids taken and not yet delivered.
+    in_flight: Mutex<HashSet<String>>,
+}
+
+/// Starts workers.
+#[derive(Debug)]
+pub struct Worker;
+
+/// A running worker.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    stats: Arc<Stats>,
+    transport: Arc<dyn Transport>,
+}
+
+impl Worker {
+    /// Starts serving `transport`'s queue.
+    pub fn spawn(
+        transport: Arc<dyn Transport>,
+        upstream: Upstream,
+        policy: Arc<HostPolicy>,
+        config: WorkerConfig,
+    ) -> WorkerHandle {
+        let stats = Arc::new(Stats::default());
+        let shared = Arc::new(Shared {
+            transport: transport.clone(),
+            upstream,
+            policy,
+            config,
+            stats: stats.clone(),
+            in_flight: Mutex::new(HashSet::new()),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run(shared, stopped));
+        WorkerHandle {
+            stop,
+            task,
+            stats,
+            transport,
+        }
+    }
+}
+
+impl WorkerHandle {
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Execs (or calls) the transport has made so far.
+    pub fn exec_count(&self) -> u64 {
+        self.transport.exec_count()
+    }
+
+    /// Ends the worker at once, as a crash would: nothing is drained or answered.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+
+    /// Stops: in-flight requests get `drain_timeout` to finish, everything still queued
+    /// is answered 503 (or indeterminate), and the answers are delivered.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "the worker task failed");
+        }
+    }
+}
+
+/// The worker's life: take and handle until stopped, then drain and sweep.
+async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    let (deliveries, queue) = mpsc::unbounded_channel::<Pending>();
+    let deliverer = tokio::spawn(deliver_loop(shared.clone(), queue));
+    let permits = Arc::new(Semaphore::new(shared.config.concurrency.max(1)));
+    let mut handlers = JoinSet::new();
+    let mut backoff = Backoff::new(&shared.config);
+    let mut recovering = true;
+    while !*stopped.borrow() {
+        let opts = take_options(&shared, recovering);
+        let taken = tokio::select! {
+            taken = shared.transport.take(opts) => taken,
+            _ = stopped.changed() => break,
+        };
+        match taken {
+            Ok(batch) => {
+                backoff.reset();
+                recovering = false;
+                for incoming in batch {
+                    let Some(incoming) = shared.admit(incoming) else {
+                        continue;
+                    };
+                    let permit = tokio::select! {
+                        permit = permits.clone().acquire_owned() => permit,
+                        _ = stopped.changed() => break,
+                    };
+                    let Ok(permit) = permit else { break };
+                    let (shared, deliveries) = (shared.clone(), deliveries.clone());
+                    handlers.spawn(async move {
+                        let answer = respond::answer(&shared, incoming).await;
+                        let _ = deliveries.send(answer);
+                        drop(permit);
+                    });
+                }
+                while handlers.try_join_next().is_some() {}
+            }
+            Err(e) => {
+                shared
+                    .stats
+                    .transport_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                let wait = backoff.next();
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "take failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stopped.changed() => break,
+                }
+            }
+        }
+    }
+    drain(&shared, &mut handlers).await;
+    sweep(&shared, &deliveries).await;
+    drop(deliveries);
+    let _ = deliverer.await;
+}
+
+fn take_options(shared: &Shared, recovering: bool) -> TakeOptions {
+    TakeOptions {
+        // Recovery looks once without waiting, so old claims are answered promptly.
+        wait: if recovering {
+            Duration::ZERO
+        } else {
+            shared.config.take_wait
+        },
+        max_batch_bytes: shared.config.max_batch_bytes,
+        envelope_limit: envelope_limit(shared.policy.max_body_bytes),
+        include_claimed: recovering,
+    }
+}
+
+/// Lets in-flight requests finish for `drain_timeout`, then abandons the rest (their
+/// requests are claimed, so the sweep answers them).
+async fn drain(shared: &Shared, handlers: &mut JoinSet<()>) {
+    let deadline = tokio::time::sleep(shared.config.drain_timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            next = handlers.join_next() => if next.is_none() { return },
+            () = &mut deadline => break,
+        }
+    }
+    tracing::warn!(
+        left = handlers.len(),
+        "drain time is over; abandoning in-flight requests"
+    );
+    handlers.abort_all();
+    while handlers.join_next().await.is_some() {}
+    if let Ok(mut in_flight) = shared.in_flight.lock() {
+        in_flight.clear();
+    }
+}
+
+/// Answers everything still queued, so no caller hangs: 503, or indeterminate for an
+/// unsafe request that may already have been forwarded.
+async fn sweep(shared: &Shared, deliveries: &mpsc::UnboundedSender<Pending>) {
+    let opts = TakeOptions {
+        wait: Duration::ZERO,
+        include_claimed: true,
+        ..take_options(shared, true)
+    };
+    let mut backoff = Backoff::new(&shared.config);
+    for _ in 0..3 {
+        match shared.transport.take(opts).await {
+            Ok(batch) => {
+                for incoming in batch {
+                    let _ = deliveries.send(respond::stopping(shared, &incoming));
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list what is still queued");
+                tokio::time::sleep(backoff.next()).await;
+            }
+        }
+    }
+}
+
+/// An answer waiting to be delivered.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    outgoing: Outgoing,
+    since: Instant,
+}
+
+/// Delivers answers in batches (everything ready goes in one call), retrying failures
+/// with backoff; gives up on an answer only when its caller cannot be waiting any more.
+async fn deliver_loop(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<Pending>) {
+    let give_up_after = shared.config.response_timeout + Duration::from_secs(5);
+    let mut backoff = Backoff::new(&shared.config);
+    let mut batch: Vec<Pending> = Vec::new();
+    loop {
+        if batch.is_empty() {
+            match queue.recv().await {
+                Some(p) => batch.push(p),
+                None => return,
+            }
+        }
+        while let Ok(p) = queue.try_recv() {
+            batch.push(p);
+        }
+        batch.retain(|p| {
+            let keep = p.since.elapsed() < give_up_after;
+            if !keep {
+                tracing::error!(id = %p.outgoing.id, "giving up delivering an answer: its caller has given up");
+                shared.finish(&p.outgoing.id);
+            }
+            keep
+        });
+        if batch.is_empty() {
+            continue;
+        }
+        let outgoing: Vec<Outgoing> = batch.iter().map(|p| p.outgoing.clone()).collect();
+        match shared.transport.deliver(outgoing).await {
+            Ok(results) => {
+                backoff.reset();
+                for (id, delivery) in results {
+                    shared.record_delivery(&id, delivery);
+                }
+                batch.clear();
+            }
+            Err(e) => {
+                shared
+                    .stats
+                    .transport_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                let wait = backoff.next();
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "deliver failed");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Marks a taken request in flight; `None` if it already is.
+    fn admit(&self, incoming: Incoming) -> Option<Incoming> {
+        let mut in_flight = self.in_flight.lock().ok()?;
+        if !in_flight.insert(incoming.id.clone()) {
+            return None;
+        }
+        self.stats.taken.fetch_add(1, Ordering::Relaxed);
+        Some(incoming)
+    }
+
+    fn finish(&self, id: &str) {
+        if let Ok(mut in_flight) = self.in_flight.lock() {
+            in_flight.remove(id);
+        }
+    }
+
+    fn record_delivery(&self, id: &str, delivery: crate::transport::Delivery) {
+        use crate::transport::Delivery;
+        let counter = match delivery {
+            Delivery::Delivered => &self.stats.delivered,
+            Delivery::CallerGone => {
+                tracing::info!(id, "answer dropped: the caller had given up");
+                &self.stats.caller_gone
+            }
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.finish(id);
+    }
+}
+
+/// Doubling backoff with a cap.
+#[derive(Debug)]
+struct Backoff {
+    start: Duration,
+    cap: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(config: &WorkerConfig) -> Self {
+        Self {
+            start: config.retry_start,
+            cap: config.retry_cap,
+            next: config.retry_start,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let now = self.next;
+        self.next = (self.next * 2).min(self.cap);
+        now
+    }
+
+    fn reset(&mut self) {
+        self.next = self.start;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let config = WorkerConfig {
+            retry_start: Duration::from_millis(50),
+            retry_cap: Duration::from_millis(300),
+            ..WorkerConfig::default()
+        };
+        let mut b = Backoff::new(&config);
+        let seen: Vec<u128> = (0..5).map(|_| b.next().as_millis()).collect();
+        assert_eq!(seen, [50, 100, 200, 300, 300]);
+        b.reset();
+        assert_eq!(b.next().as_millis(), 50);
+    }
+}

@@ -1,0 +1,225 @@
+//! Turning one taken request into its answer: refuse it, or forward it and translate what
+//! the upstream did. One tracing span and one audit record per request.
+
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+use bridge_protocol::policy::is_safe_method;
+use bridge_protocol::wire::{self, Headers, ResponseFile};
+use bridge_protocol::{error_body, indeterminate_body, OUTCOME_HEADER, OUTCOME_INDETERMINATE};
+use tracing::Instrument as _;
+
+use super::check::check;
+use super::{Pending, Shared};
+use crate::audit::AuditRecord;
+use crate::proxy::{Forward, Forwarded};
+use crate::transport::{Incoming, Outgoing, TakeProblem};
+
+/// The answer to one request (never fails: every problem becomes an HTTP answer).
+pub(super) async fn answer(shared: &Shared, incoming: Incoming) -> Pending {
+    let span = tracing::info_span!("request", id = %incoming.id);
+    async {
+        let started = Instant::now();
+        let outcome = decide(shared, &incoming).await;
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(
+            method = %outcome.method,
+            path = %outcome.path,
+            decision = outcome.decision,
+            status = outcome.file.status,
+            upstream_status = outcome.upstream_status,
+            latency_ms,
+            "answered"
+        );
+        audit(shared, &incoming.id, &outcome, latency_ms);
+        pending(&incoming.id, &outcome.file)
+    }
+    .instrument(span)
+    .await
+}
+
+/// The answer for a request still queued when the worker stops.
+pub(super) fn stopping(shared: &Shared, incoming: &Incoming) -> Pending {
+    let outcome = match claimed_unsafe(shared, incoming) {
+        Some(outcome) => outcome,
+        None => Outcome::error(503, "the bridge is stopping", "stopping", "-", "-"),
+    };
+    audit(shared, &incoming.id, &outcome, 0.0);
+    pending(&incoming.id, &outcome.file)
+}
+
+/// What was decided about one request.
+struct Outcome {
+    method: String,
+    path: String,
+    decision: &'static str,
+    upstream_status: Option<u16>,
+    file: ResponseFile,
+}
+
+impl Outcome {
+    fn error(status: u16, message: &str, decision: &'static str, method: &str, path: &str) -> Self {
+        Self {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            decision,
+            upstream_status: None,
+            file: response(status, json_headers(), &error_body(message)),
+        }
+    }
+
+    fn indeterminate(message: &str, method: &str, path: &str) -> Self {
+        let mut headers = json_headers();
+        headers.insert(OUTCOME_HEADER.into(), OUTCOME_INDETERMINATE.into());
+        Self {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            decision: "indeterminate",
+            upstream_status: None,
+            file: response(504, headers, &indeterminate_body(message)),
+        }
+    }
+}
+
+async fn decide(shared: &Shared, incoming: &Incoming) -> Outcome {
+    let bytes = match &incoming.file {
+        Ok(bytes) => bytes,
+        Err(TakeProblem::TooLarge { size }) => {
+            shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+            let message = format!("request file is {size} bytes, over the limit");
+            return Outcome::error(413, &message, "invalid", "-", "-");
+        }
+        Err(TakeProblem::Unreadable) => {
+            shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+            return Outcome::error(400, "request file could not be read", "invalid", "-", "-");
+        }
+    };
+    if let Some(outcome) = claimed_unsafe(shared, incoming) {
+        return outcome;
+    }
+    let checked = match check(&incoming.id, bytes, &shared.policy) {
+        Ok(checked) => checked,
+        Err(refusal) => {
+            shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+            let r = *refusal;
+            return Outcome::error(r.status, &r.message, r.decision, &r.method, &r.path);
+        }
+    };
+    shared.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+    let (method, path) = (checked.method.clone(), checked.path.to_string());
+    let forwarded = shared
+        .upstream
+        .forward(
+            Forward {
+                method: &checked.method,
+                path: &checked.path,
+                query: &checked.query,
+                headers: &checked.headers,
+                body: checked.body,
+            },
+            &shared.policy.response_headers,
+            shared.policy.max_body_bytes,
+        )
+        .await;
+    match forwarded {
+        Forwarded::Answer {
+            status,
+            headers,
+            body,
+        } => Outcome {
+            method,
+            path,
+            decision: "forwarded",
+            upstream_status: Some(status),
+            file: response(status, headers, &body),
+        },
+        Forwarded::NotSent(why) => {
+            tracing::warn!(why, "upstream unreachable");
+            Outcome::error(
+                502,
+                &format!("upstream unreachable: {why}"),
+                "failed",
+                &method,
+                &path,
+            )
+        }
+        Forwarded::MaybeSent(why) if is_safe_method(&method) => {
+            tracing::warn!(why, "upstream failed");
+            Outcome::error(
+                504,
+                &format!("upstream failed: {why}"),
+                "failed",
+                &method,
+                &path,
+            )
+        }
+        Forwarded::MaybeSent(why) => {
+            tracing::warn!(
+                why,
+                "upstream failed after the request may have been applied"
+            );
+            let message = format!("upstream failed after the request was sent ({why}); it may or may not have been applied");
+            Outcome::indeterminate(&message, &method, &path)
+        }
+    }
+}
+
+/// A request claimed before this worker saw it may already have been forwarded: an
+/// unsafe one is never sent again.
+fn claimed_unsafe(shared: &Shared, incoming: &Incoming) -> Option<Outcome> {
+    if !incoming.previously_claimed {
+        return None;
+    }
+    let bytes = incoming.file.as_ref().ok()?;
+    let file: wire::RequestFile = wire::parse(bytes, usize::MAX).ok()?;
+    if is_safe_method(&file.method) {
+        return None;
+    }
+    let _ = shared;
+    Some(Outcome::indeterminate(
+        "the bridge restarted while this request was in flight; it may or may not have been applied",
+        &file.method,
+        &file.path,
+    ))
+}
+
+fn audit(shared: &Shared, id: &str, outcome: &Outcome, latency_ms: f64) {
+    if let Some(log) = &shared.config.audit {
+        log.record(&AuditRecord {
+            time: bridge_protocol::time::iso8601_at(SystemTime::now()),
+            id,
+            method: &outcome.method,
+            path: &outcome.path,
+            decision: outcome.decision,
+            status: outcome.file.status,
+            upstream_status: outcome.upstream_status,
+            latency_ms,
+        });
+    }
+}
+
+fn pending(id: &str, file: &ResponseFile) -> Pending {
+    let mut file = file.clone();
+    file.id = id.to_owned();
+    Pending {
+        outgoing: Outgoing {
+            id: id.to_owned(),
+            file: wire::to_line(&file),
+        },
+        since: Instant::now(),
+    }
+}
+
+fn response(status: u16, headers: Headers, body: &[u8]) -> ResponseFile {
+    ResponseFile::new(
+        "",
+        status,
+        headers,
+        body,
+        bridge_protocol::time::iso8601_at(SystemTime::now()),
+    )
+}
+
+fn json_headers() -> Headers {
+    [("content-type".to_owned(), "application/json".to_owned())].into()
+}

@@ -1,0 +1,277 @@
+//! The whole host side in a real network-isolated sandbox: deploy the gateway binary,
+//! make agent calls from inside with curl, and check what the upstream test double saw,
+//! where secrets went, and what stopping leaves behind.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bridge_host::deploy::{Bridge, BridgeConfig, BridgeHandle};
+use bridge_host::proxy::{Secret, Upstream};
+use bridge_host::runner::{Exec, ExecOutput, NetnsSandbox, Runner};
+use common::*;
+
+const T: Duration = Duration::from_secs(30);
+
+struct Setup {
+    recorder: Recorder,
+    sandbox: Arc<NetnsSandbox>,
+    bridge: Option<BridgeHandle>,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup() -> Setup {
+    let recorder = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Arc::new(NetnsSandbox::create(dir.path()).await.unwrap());
+    let upstream = Upstream::new(
+        &recorder.url,
+        Secret::new(REAL_KEY.into()),
+        Some(RUN_ID.into()),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let mut config = BridgeConfig::new(gateway_bin(), dir.path().to_path_buf(), upstream);
+    config.worker.drain_timeout = Duration::from_millis(300);
+    config.stop_grace = Duration::from_secs(5);
+    let bridge = Bridge::start(sandbox.clone(), config).await.unwrap();
+    Setup {
+        recorder,
+        sandbox,
+        bridge: Some(bridge),
+        _dir: dir,
+    }
+}
+
+impl Setup {
+    fn bridge(&self) -> &BridgeHandle {
+        self.bridge.as_ref().unwrap()
+    }
+
+    /// Runs `script` in the sandbox as the agent: only the agent environment is given.
+    async fn agent(&self, script: &str) -> ExecOutput {
+        let mut exec = Exec::new(script, T).cwd(self.sandbox.workdir());
+        exec.env = self.bridge().agent_env();
+        let out = self.sandbox.exec(exec).await.unwrap();
+        assert!(
+            out.success(),
+            "agent script failed: {}\n{}",
+            out.stderr_text(),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        out
+    }
+
+    async fn teardown(mut self) {
+        if let Some(bridge) = self.bridge.take() {
+            bridge.stop().await.unwrap();
+        }
+        self.sandbox.destroy().await;
+    }
+}
+
+const CURL: &str = r#"call() { curl -sS -o body.out -D headers.out -w '%{http_code}' -H "Authorization: Bearer $PAPERCLIP_API_KEY" "$@"; }"#;
+
+#[tokio::test]
+async fn agent_calls_reach_the_upstream_with_the_real_credential_only() {
+    let s = setup().await;
+    let script = format!(
+        r#"{CURL}
+call "$PAPERCLIP_API_URL/api/agents/me" -H 'X-Custom: nope'; echo
+call -X POST "$PAPERCLIP_API_URL/api/issues/i1/comments" -H 'Content-Type: application/json' -d '{{"body":"hi"}}'; echo
+grep -i '^etag:' headers.out; grep -i '^location:' headers.out
+call "$PAPERCLIP_API_URL/api/attachments/bin/content"; echo
+sha256sum body.out | cut -d ' ' -f 1
+call "$PAPERCLIP_API_URL/api/companies"; echo
+"#
+    );
+    let out = s.agent(&script).await;
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    assert_eq!(lines[0], "200");
+    assert_eq!(lines[1], "201");
+    assert_eq!(lines[2].to_ascii_lowercase(), "etag: \"c-1\"");
+    assert_eq!(
+        lines[3].to_ascii_lowercase(),
+        "location: /api/issues/i1/comments/c-1"
+    );
+    assert_eq!(lines[4], "200");
+    assert_eq!(
+        lines[5],
+        sha256_hex(&binary_blob()),
+        "binary download byte-exact"
+    );
+    assert_eq!(lines[6], "403");
+    let token = bridge_token(&s);
+    let seen = s.recorder.seen();
+    assert_eq!(seen.len(), 3, "the denied call never reached the upstream");
+    for request in &seen {
+        assert_eq!(
+            request.header("authorization"),
+            Some(format!("Bearer {REAL_KEY}").as_str())
+        );
+        assert_eq!(request.header("x-paperclip-run-id"), Some(RUN_ID));
+        assert!(request.header("x-custom").is_none());
+        assert!(request
+            .header("user-agent")
+            .is_none_or(|ua| !ua.contains("curl")));
+        assert!(
+            request.headers.iter().all(|(_, v)| !v.contains(&token)),
+            "bridge token leaked upstream"
+        );
+    }
+    s.teardown().await;
+}
+
+#[tokio::test]
+async fn binary_uploads_arrive_byte_exact() {
+    let s = setup().await;
+    let blob = binary_blob();
+    let hex: String = blob.iter().map(|b| format!("\\{:03o}", b)).collect();
+    let script = format!(
+        r#"{CURL}
+printf '{hex}' > blob.bin
+call -X POST "$PAPERCLIP_API_URL/api/companies/c1/issues/i1/attachments" -F 'file=@blob.bin;type=application/octet-stream'; echo
+"#
+    );
+    let out = s.agent(&script).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "201");
+    let upload = s
+        .recorder
+        .seen()
+        .into_iter()
+        .find(|r| r.path.ends_with("/attachments"))
+        .unwrap();
+    assert!(upload
+        .header("content-type")
+        .unwrap()
+        .starts_with("multipart/form-data"));
+    assert!(
+        upload
+            .body
+            .windows(blob.len())
+            .any(|w| w == blob.as_slice()),
+        "the multipart body holds the exact bytes"
+    );
+    s.teardown().await;
+}
+
+#[tokio::test]
+async fn the_real_key_never_enters_the_sandbox() {
+    let s = setup().await;
+    s.agent(&format!(
+        "{CURL}\ncall \"$PAPERCLIP_API_URL/api/agents/me\""
+    ))
+    .await;
+    let token = bridge_token(&s);
+    // No argument list on the machine holds the real key or the bridge token.
+    for needle in [REAL_KEY, token.as_str()] {
+        let leaks = cmdlines_containing(needle);
+        assert!(leaks.is_empty(), "in argv: {leaks:?}");
+    }
+    // No file in the sandbox holds the key (looked at from inside).
+    let grep = s
+        .agent(&format!(
+            "grep -rl '{REAL_KEY}' . || true; env | grep -c '{REAL_KEY}' || true"
+        ))
+        .await;
+    assert_eq!(
+        String::from_utf8_lossy(&grep.stdout).trim(),
+        "0",
+        "{}",
+        String::from_utf8_lossy(&grep.stdout)
+    );
+    // No process in the sandbox (the gateway among them) has it in its environment.
+    let pids = sandbox_pids(&s.sandbox);
+    assert!(!pids.is_empty());
+    for pid in pids {
+        if let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) {
+            assert!(
+                !String::from_utf8_lossy(&environ).contains(REAL_KEY),
+                "pid {pid}"
+            );
+        }
+    }
+    s.teardown().await;
+}
+
+#[tokio::test]
+async fn stopping_answers_waiting_callers_503_and_leaves_no_queue() {
+    let mut s = setup().await;
+    let held = s.recorder.hold.clone().write_owned().await;
+    // Three callers, in the background inside the sandbox, each writing its status.
+    let start = format!(
+        "{CURL}\nfor i in 1 2 3; do (curl -sS -o /dev/null -w '%{{http_code}}' -H \"Authorization: Bearer $PAPERCLIP_API_KEY\" \"$PAPERCLIP_API_URL/api/issues/q$i\" > status.$i 2>&1 &) ; done"
+    );
+    s.agent(&start).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.recorder.seen().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no request reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let queue = s.bridge().queue_dir().to_path_buf();
+    let bridge = s.bridge.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(30), bridge.stop())
+        .await
+        .expect("stop is bounded")
+        .unwrap();
+    drop(held);
+    let check = format!("sleep 0.5; cat status.1 status.2 status.3; echo; [ -e '{}' ] && echo queue-left || echo queue-gone", queue.display());
+    let out = s
+        .sandbox
+        .exec(Exec::new(check, T).cwd(s.sandbox.workdir()))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(text.trim(), "503503503\nqueue-gone", "{text}");
+    s.teardown().await;
+}
+
+fn bridge_token(s: &Setup) -> String {
+    s.bridge()
+        .agent_env()
+        .into_iter()
+        .find(|(k, _)| k == "PAPERCLIP_API_KEY")
+        .unwrap()
+        .1
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Pids in the sandbox's network namespace.
+fn sandbox_pids(sandbox: &NetnsSandbox) -> Vec<String> {
+    let ns = std::fs::read_link(format!("/proc/{}/ns/net", sandbox.holder_pid())).unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|l| l == ns))
+        .collect()
+}
+
+fn cmdlines_containing(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.bytes().all(|b| b.is_ascii_digit()) {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(needle) {
+                found.push(name);
+            }
+        }
+    }
+    found
+}

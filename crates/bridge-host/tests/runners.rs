@@ -1,0 +1,187 @@
+//! Runners: local exec, exec prefixes (environment through stdin, never argv), timeouts,
+//! and the network-isolated namespace sandbox (the isolation proof).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Read as _;
+use std::time::Duration;
+
+use bridge_host::runner::{CommandRunner, Exec, LocalRunner, NetnsSandbox, Runner};
+
+const T: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn local_runner_passes_stdin_env_and_cwd() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = LocalRunner
+        .exec(
+            Exec::new("pwd; echo \"$GREETING\"; cat; echo oops >&2; exit 7", T)
+                .stdin(b"from stdin".to_vec())
+                .env("GREETING", "hello")
+                .cwd(dir.path()),
+        )
+        .await
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        stdout,
+        format!(
+            "{}\nhello\nfrom stdin",
+            dir.path().canonicalize().unwrap().display()
+        )
+    );
+    assert_eq!(out.stderr, b"oops\n");
+    assert_eq!(out.code, Some(7));
+    assert!(!out.timed_out);
+}
+
+#[tokio::test]
+async fn sandbox_processes_get_only_what_is_passed() {
+    std::env::set_var("HOST_ONLY_SECRET_TOKEN", "must-not-cross");
+    let out = LocalRunner.exec(Exec::new("env", T)).await.unwrap();
+    let env = String::from_utf8(out.stdout).unwrap();
+    assert!(!env.contains("must-not-cross"), "{env}");
+    assert!(env.contains("PATH="));
+}
+
+#[tokio::test]
+async fn a_timed_out_exec_is_killed_with_what_it_started() {
+    let out = LocalRunner
+        .exec(Exec::new(
+            "sleep 30 & echo started; wait",
+            Duration::from_millis(300),
+        ))
+        .await
+        .unwrap();
+    assert!(out.timed_out);
+    assert_eq!(out.code, None);
+    assert!(!out.success());
+}
+
+#[tokio::test]
+async fn large_stdin_and_stdout_do_not_deadlock() {
+    let data: Vec<u8> = (0..8 * 1024 * 1024u32)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let out = LocalRunner
+        .exec(Exec::new("cat", T).stdin(data.clone()))
+        .await
+        .unwrap();
+    assert!(out.success());
+    assert_eq!(out.stdout.len(), data.len());
+    assert!(out.stdout == data);
+}
+
+#[tokio::test]
+async fn an_exec_prefix_gets_its_environment_through_stdin_not_argv() {
+    let runner = CommandRunner::parse("env --").unwrap();
+    let secret = "prefix-secret-value-4242";
+    let exec = runner.exec(
+        Exec::new("sleep 1; echo \"$SECRET_X\"; cat", T)
+            .env("SECRET_X", secret)
+            .stdin(b"rest of stdin".to_vec()),
+    );
+    let scan = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cmdlines_containing(secret)
+    };
+    let (out, leaks) = tokio::join!(exec, scan);
+    let out = out.unwrap();
+    assert!(leaks.is_empty(), "secret in argv of {leaks:?}");
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("{secret}\nrest of stdin")
+    );
+}
+
+#[tokio::test]
+async fn the_netns_sandbox_cannot_reach_the_hosts_loopback() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let probe = format!("if (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null; then echo reached; else echo refused; fi");
+    // Control: from the host the server is reachable.
+    let here = LocalRunner
+        .exec(Exec::new(format!("bash -c '{probe}'"), T))
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&here.stdout).trim(), "reached");
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = NetnsSandbox::create(dir.path()).await.unwrap();
+    let inside = sandbox
+        .exec(Exec::new(format!("bash -c '{probe}'"), T))
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&inside.stdout).trim(),
+        "refused",
+        "{}",
+        inside.stderr_text()
+    );
+    sandbox.destroy().await;
+}
+
+#[tokio::test]
+async fn the_sandbox_has_private_files_and_destroy_kills_detached_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = NetnsSandbox::create(dir.path()).await.unwrap();
+    let out = sandbox
+        .exec(
+            Exec::new(
+                "echo inside > secret.txt; setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo $!",
+                T,
+            )
+            .cwd(dir.path()),
+        )
+        .await
+        .unwrap();
+    assert!(out.success(), "{}", out.stderr_text());
+    let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(
+        !dir.path().join("secret.txt").exists(),
+        "the host sees the sandbox's files"
+    );
+    let seen = sandbox
+        .exec(Exec::new("cat secret.txt", T).cwd(dir.path()))
+        .await
+        .unwrap();
+    assert_eq!(seen.stdout, b"inside\n");
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    sandbox.destroy().await;
+    common_wait_gone(pid).await;
+}
+
+async fn common_wait_gone(pid: u32) {
+    for _ in 0..200 {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Gone, or a zombie waiting for its reaper.
+        if state.is_empty() || state.split(' ').nth(2) == Some("Z") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("process {pid} survived destroy");
+}
+
+/// Pids whose command line contains `needle`.
+pub fn cmdlines_containing(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let mut cmdline = Vec::new();
+        if let Ok(mut f) = std::fs::File::open(entry.path().join("cmdline")) {
+            let _ = f.read_to_end(&mut cmdline);
+        }
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
+            found.push(format!(
+                "{name}: {}",
+                String::from_utf8_lossy(&cmdline).replace('\0', " ")
+            ));
+        }
+    }
+    found
+}
