@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod dist;
+mod e2e;
 mod paperclip;
 mod test;
 
@@ -17,6 +18,7 @@ tasks:
   demo                          the bridge end to end in a local isolated sandbox
   dist [--target TRIPLE]        build the static gateway binary into target/dist/<target>/
   paperclip up|down|status      run a real Paperclip server for the e2e suite
+  e2e                           the end-to-end suite against a real Paperclip server
   test                          all tests (unit, integration, end-to-end)
 ";
 
@@ -30,6 +32,7 @@ fn main() -> Result<()> {
         "bench" => bench::main(rest),
         "demo" => demo::main(rest),
         "dist" => dist::main(rest),
+        "e2e" => e2e::main(rest),
         "paperclip" => paperclip::main(rest),
         "test" => test::main(rest),
         "help" | "--help" | "-h" => {

@@ -275,3 +275,36 @@ fn cmdlines_containing(needle: &str) -> Vec<String> {
     }
     found
 }
+
+#[tokio::test]
+async fn a_gateway_that_dies_at_start_is_reported_with_its_log() {
+    let recorder = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("fake-gateway");
+    std::fs::write(&fake, "#!/bin/sh\necho 'cannot listen: boom' >&2\nexit 1\n").unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sandbox_dir = dir.path().join("sandbox");
+    let sandbox = Arc::new(NetnsSandbox::create(&sandbox_dir).await.unwrap());
+    let upstream = Upstream::new(
+        &recorder.url,
+        Secret::new(REAL_KEY.into()),
+        None,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let mut config = BridgeConfig::new(fake, sandbox_dir, upstream);
+    config.ready_timeout = Duration::from_secs(20);
+    let started = std::time::Instant::now();
+    let err = Bridge::start(sandbox.clone(), config)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("boom"), "{err}");
+    assert!(err.contains("exited before it was ready"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "it waited for the ready time-out instead"
+    );
+    sandbox.destroy().await;
+}

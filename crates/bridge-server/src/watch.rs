@@ -156,10 +156,14 @@ fn scan_once(queue: &Queue, waiters: &Waiters) {
     }
 }
 
-/// Wakes the waiter, or deletes a response nobody waits for any more.
+/// Wakes the waiter, or deletes a late response (its caller gave up and withdrew the
+/// request). A response whose request file is still there but that nobody here waits for
+/// answers a request this gateway did not publish (another writer in the sandbox): that
+/// writer collects it.
 fn dispatch(queue: &Queue, waiters: &Waiters, id: &str) {
-    if !waiters.wake(id) {
-        tracing::info!(id, "dropping a late response: its caller is gone");
-        queue.discard_response(id);
+    if waiters.wake(id) || queue.layout().request_file(id).exists() {
+        return;
     }
+    tracing::info!(id, "dropping a late response: its caller is gone");
+    queue.discard_response(id);
 }

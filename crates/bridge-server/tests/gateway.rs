@@ -293,6 +293,17 @@ fn a_late_answer_is_not_left_behind() {
 }
 
 #[test]
+fn an_answer_to_a_request_someone_else_wrote_is_left_for_them() {
+    let gateway = Gateway::start(&[]);
+    let queue = gateway.queue();
+    std::fs::write(queue.join("requests/foreign-1.json"), b"{}\n").unwrap();
+    write_response(&queue, &response("foreign-1", 400, &[], b"{}"));
+    // Give the watcher (inotify, then the 1 s scan) every chance to act.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(queue.join("responses/foreign-1.json").exists());
+}
+
+#[test]
 fn sigterm_lets_in_flight_callers_finish_then_exits_0() {
     let mut gateway = Gateway::start(&[]);
     let queue = gateway.queue();

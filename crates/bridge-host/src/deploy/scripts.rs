@@ -38,7 +38,15 @@ fi
 /// Starts the gateway detached, records its pid, and waits for `ready.json` (at most
 /// `TRIES` rounds of 10 ms), printing it. Exits 3 with the log tail if the gateway dies
 /// first, 4 on time-out. The gateway's own settings arrive in the environment too.
-pub const START: &str = r#"cd "$Q"
+pub const START: &str = r#"alive() {
+  if [ -r "/proc/$1/stat" ]; then
+    state=$(sed 's/.*) \(.\).*/\1/' "/proc/$1/stat" 2>/dev/null)
+    [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
+  else
+    kill -0 "$1" 2>/dev/null
+  fi
+}
+cd "$Q"
 if command -v setsid >/dev/null 2>&1; then
   setsid "$BIN" </dev/null >>logs/bridge.log 2>&1 &
 else
@@ -49,7 +57,7 @@ echo "$pid" > server.pid.tmp && mv -f server.pid.tmp server.pid
 i=0
 while [ "$i" -lt "$TRIES" ]; do
   if [ -f ready.json ]; then echo "pid $pid"; cat ready.json; exit 0; fi
-  if ! kill -0 "$pid" 2>/dev/null; then
+  if ! alive "$pid"; then
     echo "the gateway exited before it was ready; its log:" >&2
     tail -n 40 logs/bridge.log >&2
     exit 3
@@ -68,12 +76,21 @@ pub const TERMINATE: &str = r#"pid=$(cat "$Q/server.pid" 2>/dev/null || true)
 [ -z "$pid" ] || kill -TERM "$pid" 2>/dev/null || true
 "#;
 
-/// Waits up to `TRIES` rounds of 50 ms for the gateway to exit, then KILLs it, then
+/// Waits up to `TRIES` rounds of 50 ms for the gateway to exit (a zombie counts as gone:
+/// its reaper may be slow), then KILLs it, then
 /// removes the queue directory (the uploaded binary stays, for the next deployment).
-pub const REAP: &str = r#"pid=$(cat "$Q/server.pid" 2>/dev/null || true)
+pub const REAP: &str = r#"alive() {
+  if [ -r "/proc/$1/stat" ]; then
+    state=$(sed 's/.*) \(.\).*/\1/' "/proc/$1/stat" 2>/dev/null)
+    [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
+  else
+    kill -0 "$1" 2>/dev/null
+  fi
+}
+pid=$(cat "$Q/server.pid" 2>/dev/null || true)
 if [ -n "$pid" ]; then
   i=0
-  while kill -0 "$pid" 2>/dev/null && [ "$i" -lt "$TRIES" ]; do
+  while alive "$pid" && [ "$i" -lt "$TRIES" ]; do
     sleep 0.05
     i=$((i + 1))
   done

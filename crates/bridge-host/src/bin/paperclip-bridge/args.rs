@@ -50,7 +50,12 @@ pub struct SandboxArgs {
 #[derive(Debug, Clone, Args)]
 pub struct UpstreamArgs {
     /// The Paperclip API base URL (without /api).
-    #[arg(long, env = "PAPERCLIP_API_URL", value_name = "URL")]
+    #[arg(
+        long,
+        env = "PAPERCLIP_API_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     pub api_url: Option<String>,
     /// Read the real API key from this environment variable [default: PAPERCLIP_API_KEY].
     #[arg(long, value_name = "VAR", conflicts_with = "api_key_file")]
@@ -59,7 +64,12 @@ pub struct UpstreamArgs {
     #[arg(long, value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
     /// Run id sent upstream as X-Paperclip-Run-Id.
-    #[arg(long, env = "PAPERCLIP_RUN_ID", value_name = "ID")]
+    #[arg(
+        long,
+        env = "PAPERCLIP_RUN_ID",
+        hide_env_values = true,
+        value_name = "ID"
+    )]
     pub run_id: Option<String>,
     /// Upstream request timeout in seconds.
     #[arg(long, default_value_t = 30, value_name = "SECS")]

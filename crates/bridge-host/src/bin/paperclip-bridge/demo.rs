@@ -25,7 +25,12 @@ use crate::signals::Shutdown;
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
     /// The gateway binary to upload [default: target/dist/<musl>/ or next to this binary].
-    #[arg(long, env = "PAPERCLIP_BRIDGE_SERVER_BIN", value_name = "PATH")]
+    #[arg(
+        long,
+        env = "PAPERCLIP_BRIDGE_SERVER_BIN",
+        hide_env_values = true,
+        value_name = "PATH"
+    )]
     pub gateway_bin: Option<std::path::PathBuf>,
 }
 

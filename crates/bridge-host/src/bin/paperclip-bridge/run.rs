@@ -22,7 +22,12 @@ const AGENT_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Args)]
 pub struct BridgeArgs {
     /// The gateway binary to upload [default: target/dist/<musl>/ or next to this binary].
-    #[arg(long, env = "PAPERCLIP_BRIDGE_SERVER_BIN", value_name = "PATH")]
+    #[arg(
+        long,
+        env = "PAPERCLIP_BRIDGE_SERVER_BIN",
+        hide_env_values = true,
+        value_name = "PATH"
+    )]
     pub gateway_bin: Option<PathBuf>,
     /// How long an agent's call may wait for its answer, in milliseconds.
     #[arg(long, default_value_t = 30_000, value_name = "MS")]

@@ -1,0 +1,207 @@
+//! The `paperclip-bridge` binary as Paperclip's process adapter runs it: settings from
+//! Paperclip's environment, an allowlisted agent environment, the agent's exit status,
+//! and SIGTERM. Output is printed on failure.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The CLI with Paperclip's process-adapter environment (and host secrets beside it).
+fn cli(recorder_url: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_paperclip-bridge"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("PAPERCLIP_API_URL", recorder_url)
+        .env("PAPERCLIP_API_KEY", REAL_KEY)
+        .env("PAPERCLIP_RUN_ID", RUN_ID)
+        .env("PAPERCLIP_AGENT_ID", "agent-7")
+        .env("PAPERCLIP_RUNTIME_TOOLS_TOKEN", "tools-jwt-secret")
+        .env("SOME_SERVICE_SECRET", "svc-secret")
+        .env("PAPERCLIP_BRIDGE_SERVER_BIN", gateway_bin())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    command
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+async fn output(mut command: Command) -> Output {
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_agent_sees_only_the_bridge_and_allowlisted_context() {
+    let recorder = Recorder::start().await;
+    let mut command = cli(&recorder.url);
+    command.args(["run", "--sandbox", "netns", "--", "sh", "-c"]).arg(
+        "env | sort; curl -sS -o /dev/null -w 'status=%{http_code}\\n' -H \"Authorization: Bearer $PAPERCLIP_API_KEY\" \"$PAPERCLIP_API_URL/api/agents/me\"",
+    );
+    let out = output(command).await;
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("status=200"), "{report}");
+    assert!(
+        stdout.contains(&format!("PAPERCLIP_RUN_ID={RUN_ID}")),
+        "{report}"
+    );
+    assert!(stdout.contains("PAPERCLIP_AGENT_ID=agent-7"), "{report}");
+    assert!(
+        stdout.contains("PAPERCLIP_API_BRIDGE_MODE=queue_v1"),
+        "{report}"
+    );
+    assert!(
+        stdout.contains("PAPERCLIP_API_URL=http://127.0.0.1:"),
+        "{report}"
+    );
+    for secret in [REAL_KEY, "tools-jwt-secret", "svc-secret"] {
+        assert!(
+            !stdout.contains(secret),
+            "{secret} crossed into the sandbox:\n{report}"
+        );
+    }
+    let seen = recorder.seen();
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some(format!("Bearer {REAL_KEY}").as_str())
+    );
+    assert_eq!(seen[0].header("x-paperclip-run-id"), Some(RUN_ID));
+}
+
+#[tokio::test]
+async fn the_agents_exit_status_is_ours() {
+    let recorder = Recorder::start().await;
+    let mut command = cli(&recorder.url);
+    command.args([
+        "run",
+        "--sandbox",
+        "netns",
+        "--",
+        "sh",
+        "-c",
+        "echo working; exit 3",
+    ]);
+    let out = output(command).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("working"));
+}
+
+#[tokio::test]
+async fn missing_settings_name_the_variable() {
+    let mut command = cli("http://127.0.0.1:1");
+    command
+        .env_remove("PAPERCLIP_API_URL")
+        .args(["run", "--", "true"]);
+    let out = output(command).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PAPERCLIP_API_URL"),
+        "{}",
+        text(&out)
+    );
+    let mut command = cli("http://127.0.0.1:1");
+    command
+        .env_remove("PAPERCLIP_API_KEY")
+        .args(["run", "--", "true"]);
+    let out = output(command).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PAPERCLIP_API_KEY"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test]
+async fn secret_looking_variables_need_the_explicit_flag() {
+    let recorder = Recorder::start().await;
+    let mut command = cli(&recorder.url);
+    command.args(["run", "--pass-env", "SOME_SERVICE_SECRET", "--", "true"]);
+    let out = output(command).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--pass-secret-env"),
+        "{}",
+        text(&out)
+    );
+    let mut command = cli(&recorder.url);
+    command.args([
+        "run",
+        "--pass-secret-env",
+        "SOME_SERVICE_SECRET",
+        "--",
+        "sh",
+        "-c",
+        "echo \"got=$SOME_SERVICE_SECRET\"",
+    ]);
+    let out = output(command).await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("got=svc-secret"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_agent_and_tears_down_within_a_bound() {
+    let recorder = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = cli(&recorder.url);
+    command
+        .args(["run", "--sandbox", "netns", "--workdir"])
+        .arg(dir.path())
+        .args(["--", "sh", "-c", "echo started; exec sleep 300"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let started = tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 8];
+        use std::io::Read as _;
+        stdout.read(&mut buf).unwrap()
+    });
+    tokio::time::timeout(Duration::from_secs(30), started)
+        .await
+        .expect("agent started")
+        .unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "paperclip-bridge did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!status.success(), "a cancelled run is not a success");
+    let leftover = Command::new("pgrep")
+        .args(["-f", "sleep 300"])
+        .output()
+        .unwrap();
+    assert!(
+        leftover.stdout.is_empty(),
+        "the agent survived: {}",
+        String::from_utf8_lossy(&leftover.stdout)
+    );
+}

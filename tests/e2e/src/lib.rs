@@ -1,0 +1,1 @@
+//! The end-to-end suite lives in `tests/`; run it with `cargo xtask e2e`.
