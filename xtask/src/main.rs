@@ -17,7 +17,7 @@ tasks:
   bench gateway                 gateway latency, memory and size (docs/benchmarks.md)
   demo                          the bridge end to end in a local isolated sandbox
   dist [--target TRIPLE]        build the static gateway binary into target/dist/<target>/
-  paperclip up|down|status      run a real Paperclip server for the e2e suite
+  paperclip up|seed|down|status a real Paperclip server for the e2e suite
   e2e                           the end-to-end suite against a real Paperclip server
   test                          all tests (unit, integration, end-to-end)
 ";

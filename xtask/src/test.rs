@@ -15,5 +15,5 @@ pub fn main(args: &[String]) -> Result<()> {
     run(cargo()
         .args(["test", "--workspace", "--locked"])
         .env("PAPERCLIP_BRIDGE_SERVER_BIN", &gateway))?;
-    Ok(())
+    crate::e2e::main(&[])
 }

@@ -172,12 +172,16 @@ async fn the_real_key_never_enters_the_sandbox() {
         let leaks = cmdlines_containing(needle);
         assert!(leaks.is_empty(), "in argv: {leaks:?}");
     }
-    // No file in the sandbox holds the key (looked at from inside).
-    let grep = s
-        .agent(&format!(
-            "grep -rl '{REAL_KEY}' . || true; env | grep -c '{REAL_KEY}' || true"
-        ))
-        .await;
+    // No file in the sandbox holds the key (looked at from inside). The key travels to
+    // grep in the environment, so this check itself puts it in no argv.
+    let mut exec = Exec::new(
+        "grep -rlF -e \"$NEEDLE\" . || true; env | grep -v '^NEEDLE=' | grep -cF -e \"$NEEDLE\" || true",
+        T,
+    )
+    .cwd(s.sandbox.workdir())
+    .env("NEEDLE", REAL_KEY);
+    exec.env.extend(s.bridge().agent_env());
+    let grep = s.sandbox.exec(exec).await.unwrap();
     assert_eq!(
         String::from_utf8_lossy(&grep.stdout).trim(),
         "0",

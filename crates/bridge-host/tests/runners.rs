@@ -8,7 +8,9 @@ mod common;
 use std::io::Read as _;
 use std::time::Duration;
 
-use bridge_host::runner::{CommandRunner, Exec, LocalRunner, NetnsSandbox, Runner};
+use bridge_host::runner::{
+    CommandRunner, Exec, LocalRunner, NetnsSandbox, Runner, RunnerError, Spawn,
+};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -50,14 +52,17 @@ async fn sandbox_processes_get_only_what_is_passed() {
 async fn a_timed_out_exec_is_killed_with_what_it_started() {
     let out = LocalRunner
         .exec(Exec::new(
-            "sleep 30 & echo started; wait",
-            Duration::from_millis(300),
+            "sleep 30 & echo $!; wait",
+            Duration::from_millis(500),
         ))
         .await
         .unwrap();
-    assert!(out.timed_out);
+    assert!(out.timed_out, "{}", out.stderr_text());
     assert_eq!(out.code, None);
     assert!(!out.success());
+    // Output read before the kill is kept: here, the background sleep's pid.
+    let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    wait_gone(pid).await;
 }
 
 #[tokio::test]
@@ -149,10 +154,10 @@ async fn the_sandbox_has_private_files_and_destroy_kills_detached_processes() {
     assert_eq!(seen.stdout, b"inside\n");
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
     sandbox.destroy().await;
-    common_wait_gone(pid).await;
+    wait_gone(pid).await;
 }
 
-async fn common_wait_gone(pid: u32) {
+async fn wait_gone(pid: u32) {
     for _ in 0..200 {
         let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // Gone, or a zombie waiting for its reaper.
@@ -184,4 +189,132 @@ pub fn cmdlines_containing(needle: &str) -> Vec<String> {
         }
     }
     found
+}
+
+#[tokio::test]
+async fn an_exec_prefix_keeps_odd_values_and_binary_stdin_intact() {
+    let runner = CommandRunner::new(vec!["env".into(), "--".into()]).unwrap();
+    let odd = "it's \"two\"\nlines $(echo not run) `x` \\ end";
+    let stdin: Vec<u8> = (0..=255u8).chain(b"\nlast line".iter().copied()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let out = runner
+        .exec(
+            Exec::new("printf '%s' \"$ODD\" > odd.txt; cat; cat odd.txt", T)
+                .env("ODD", odd)
+                .env("EMPTY", "")
+                .stdin(stdin.clone())
+                .cwd(dir.path()),
+        )
+        .await
+        .unwrap();
+    assert!(out.success(), "{}", out.stderr_text());
+    let mut expected = stdin;
+    expected.extend_from_slice(odd.as_bytes());
+    assert_eq!(out.stdout, expected);
+}
+
+#[tokio::test]
+async fn streaming_spawn_passes_env_on_every_runner() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = NetnsSandbox::create(dir.path()).await.unwrap();
+    let prefix = CommandRunner::parse("env --").unwrap();
+    let runners: [&dyn Runner; 3] = [&LocalRunner, &prefix, &sandbox];
+    for runner in runners {
+        assert!(runner.capabilities().streaming);
+        let child = runner
+            .spawn(Spawn {
+                script: "echo \"agent sees $STREAM_VAR\"".into(),
+                env: vec![("STREAM_VAR".into(), "v-1".into())],
+                cwd: None,
+                inherit_output: false,
+            })
+            .unwrap();
+        let out = tokio::time::timeout(T, child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "agent sees v-1\n",
+            "{runner:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    sandbox.destroy().await;
+}
+
+#[tokio::test]
+async fn a_server_inside_the_sandbox_is_reachable_only_from_inside() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = NetnsSandbox::create(dir.path()).await.unwrap();
+    let exe = std::env::current_exe().unwrap();
+    // The test binary itself serves as the in-sandbox server (see `helper_listener`).
+    let script = r#""$EXE" helper_listener --exact --nocapture > server.out 2>&1 &
+i=0
+until grep -q '^PORT=' server.out 2>/dev/null || [ "$i" -ge 200 ]; do sleep 0.05; i=$((i + 1)); done
+port=$(sed -n 's/^PORT=//p' server.out)
+echo "port $port"
+if bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; then echo reached; else echo refused; fi
+wait"#;
+    let out = sandbox
+        .exec(
+            Exec::new(script, T)
+                .env("EXE", exe.to_string_lossy())
+                .env(LISTENER_VAR, "1")
+                .cwd(dir.path()),
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.success(), "{text} {}", out.stderr_text());
+    let mut lines = text.lines();
+    let port: u16 = lines
+        .next()
+        .and_then(|l| l.strip_prefix("port "))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port: {text} {}", out.stderr_text()));
+    assert_eq!(lines.next(), Some("reached"), "{text}");
+    // The same port on the host's loopback is someone else's (almost surely nobody's).
+    let from_host = std::net::TcpStream::connect(("127.0.0.1", port));
+    assert!(
+        from_host.is_err(),
+        "the sandbox's server is visible on the host"
+    );
+    sandbox.destroy().await;
+}
+
+const LISTENER_VAR: &str = "RUNNERS_TEST_LISTENER";
+
+/// Not a test on its own: a TCP server for the sandbox test, active only when the
+/// sandbox starts this binary with `RUNNERS_TEST_LISTENER=1`. Accepts one connection,
+/// giving up after a bounded wait.
+#[test]
+fn helper_listener() {
+    if std::env::var(LISTENER_VAR).as_deref() != Ok("1") {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    println!("PORT={}", listener.local_addr().unwrap().port());
+    for _ in 0..400 {
+        if listener.accept().is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+#[tokio::test]
+async fn a_destroyed_sandbox_refuses_execs() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = NetnsSandbox::create(dir.path()).await.unwrap();
+    let holder = sandbox.holder_pid();
+    assert_eq!(sandbox.workdir(), dir.path());
+    sandbox.destroy().await;
+    wait_gone(holder).await;
+    let err = sandbox.exec(Exec::new("true", T)).await.unwrap_err();
+    assert!(
+        matches!(err, RunnerError::SandboxGone(_)),
+        "unexpected error {err}"
+    );
 }

@@ -6,7 +6,9 @@
 //! does: open the queue, bind, write `ready.json`.
 
 mod body;
+pub mod cli;
 mod handler;
+pub mod helper;
 mod queue;
 mod ready;
 mod reply;

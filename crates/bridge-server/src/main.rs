@@ -8,6 +8,17 @@ use bridge_protocol::env::GatewayConfig;
 use tokio::signal::unix::{signal, SignalKind};
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(code) = bridge_server::cli::dispatch(&args) {
+        return code;
+    }
+    if !args.is_empty() {
+        eprintln!(
+            "paperclip-bridge-server: unknown command {:?} (take, put, or none to serve)",
+            args[0]
+        );
+        return ExitCode::from(2);
+    }
     init_tracing();
     let config = match GatewayConfig::from_lookup(|name| std::env::var(name).ok()) {
         Ok(config) => config,

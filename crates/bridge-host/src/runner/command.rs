@@ -49,7 +49,7 @@ impl Runner for LocalRunner {
 /// Runs scripts through an exec prefix: `<prefix...> sh -c <script>`.
 ///
 /// The local environment does not cross a remote exec, so [`Exec::env`] travels in the
-/// exec's stdin, ahead of the caller's stdin: a line with its length, then `export` lines
+/// exec's stdin, ahead of the caller's stdin: a line with a count, then `export` lines
 /// that a small prelude reads and evaluates. Values never appear in an argument list.
 #[derive(Debug, Clone)]
 pub struct CommandRunner {
@@ -57,10 +57,19 @@ pub struct CommandRunner {
 }
 
 /// The prelude that reads the environment block from stdin, then runs the script.
-const ENV_PRELUDE: &str = "IFS= read -r __pcb_n || exit 125\n\
-__pcb_env=$(head -c \"$__pcb_n\") || exit 125\n\
-eval \"$__pcb_env\"\n\
-unset __pcb_n __pcb_env\n";
+///
+/// The block is a line with a count, then that many one-line `export` statements. The
+/// shell's own `read` takes it: it never reads past a newline, even from a pipe, so the
+/// script's stdin starts exactly after the block (busybox `head -c` would over-read).
+const ENV_PRELUDE: &str = "__pcb_nl='\n'\n\
+IFS= read -r __pcb_n || exit 125\n\
+case $__pcb_n in ''|*[!0-9]*) exit 125;; esac\n\
+while [ \"$__pcb_n\" -gt 0 ]; do\n\
+  IFS= read -r __pcb_line || exit 125\n\
+  eval \"$__pcb_line\"\n\
+  __pcb_n=$((__pcb_n - 1))\n\
+done\n\
+unset __pcb_n __pcb_line __pcb_nl\n";
 
 impl CommandRunner {
     /// A runner for `prefix` (e.g. `["docker", "exec", "-i", "box"]`).
@@ -152,25 +161,27 @@ pub(super) fn start(
         .map_err(|source| RunnerError::Spawn { program, source })
 }
 
-/// `<length>\n` + `export NAME='value'` lines.
+/// `<count>\n` + one `export NAME='value'` line per variable; a newline inside a value
+/// is spelled `'"$__pcb_nl"'` so every statement stays on one line.
 fn env_block(env: &[(String, String)]) -> Result<Vec<u8>, RunnerError> {
-    let mut text = String::new();
+    let mut lines = Vec::with_capacity(env.len());
     for (name, value) in env {
-        let valid = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
+        if !is_env_name(name) {
             return Err(RunnerError::Invalid(format!(
                 "invalid environment variable name {name:?}"
             )));
         }
-        text.push_str(&format!("export {name}={}\n", crate::shell::quote(value)));
+        let quoted = crate::shell::quote(value).replace('\n', "'\"$__pcb_nl\"'");
+        lines.push(format!("export {name}={quoted}\n"));
     }
-    let mut block = format!("{}\n", text.len()).into_bytes();
-    block.extend_from_slice(text.as_bytes());
-    Ok(block)
+    Ok(format!("{}\n{}", lines.len(), lines.concat()).into_bytes())
+}
+
+fn is_env_name(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn split_words(text: &str) -> Result<Vec<String>, RunnerError> {
@@ -219,9 +230,12 @@ mod tests {
     }
 
     #[test]
-    fn env_block_is_length_prefixed_and_quoted() {
-        let block = env_block(&[("A".into(), "it's".into())]).unwrap();
-        assert_eq!(block, b"19\nexport A='it'\\''s'\n");
+    fn env_block_is_one_line_per_variable() {
+        let block = env_block(&[("A".into(), "it's".into()), ("B".into(), "x\ny".into())]);
+        assert_eq!(
+            String::from_utf8(block.unwrap()).unwrap(),
+            "2\nexport A='it'\\''s'\nexport B='x'\"$__pcb_nl\"'y'\n"
+        );
         assert!(env_block(&[("A B".into(), "x".into())]).is_err());
     }
 }

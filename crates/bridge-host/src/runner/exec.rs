@@ -13,6 +13,10 @@ use super::{ExecOutput, RunnerError};
 /// grandchild may hold them open).
 const PIPE_DRAIN: Duration = Duration::from_secs(2);
 
+/// Most bytes kept from one output stream; the rest is dropped (a take batch is far
+/// smaller: its size is bounded by `max_batch_bytes`).
+pub const MAX_OUTPUT: usize = 512 * 1024 * 1024;
+
 /// The only host variables a sandbox process starts with; everything else it gets is
 /// what the caller passes. Keeps the host's secrets (e.g. Paperclip's run JWT) out.
 pub fn base_env() -> Vec<(String, String)> {
@@ -60,8 +64,9 @@ pub async fn run(
             let _ = pipe.shutdown().await;
         }
     });
-    let stdout = tokio::spawn(read_all(child.stdout.take()));
-    let stderr = tokio::spawn(read_all(child.stderr.take()));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stdout = tokio::spawn(read_all(child.stdout.take(), stopped.clone()));
+    let stderr = tokio::spawn(read_all(child.stderr.take(), stopped));
     let (code, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
         Ok(status) => (status?.code(), false),
         Err(_) => {
@@ -71,31 +76,46 @@ pub async fn run(
         }
     };
     writer.abort();
+    // A detached grandchild may hold the pipes open: keep what was read, stop waiting.
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep(PIPE_DRAIN).await;
+        let _ = stop.send(true);
+        // Keep the sender alive so readers see the signal, not a closed channel.
+        std::future::pending::<()>().await;
+    });
+    let stdout = stdout.await.unwrap_or_default();
+    let stderr = stderr.await.unwrap_or_default();
+    stopper.abort();
     Ok(ExecOutput {
         code,
-        stdout: drain(stdout).await,
-        stderr: drain(stderr).await,
+        stdout,
+        stderr,
         timed_out,
     })
 }
 
-async fn read_all<R: tokio::io::AsyncRead + Unpin>(pipe: Option<R>) -> Vec<u8> {
+/// Reads `pipe` to its end, until `stop` fires, or until [`MAX_OUTPUT`] bytes (the
+/// sandbox is untrusted: it must not exhaust the host's memory). Keeps what was read.
+async fn read_all<R: tokio::io::AsyncRead + Unpin>(
+    pipe: Option<R>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<u8> {
     let mut bytes = Vec::new();
-    if let Some(mut pipe) = pipe {
-        let _ = pipe.read_to_end(&mut bytes).await;
-    }
-    bytes
-}
-
-async fn drain(reader: tokio::task::JoinHandle<Vec<u8>>) -> Vec<u8> {
-    let abort = reader.abort_handle();
-    match tokio::time::timeout(PIPE_DRAIN, reader).await {
-        Ok(Ok(bytes)) => bytes,
-        _ => {
-            abort.abort();
-            Vec::new()
+    let Some(mut pipe) = pipe else {
+        return bytes;
+    };
+    let mut chunk = vec![0u8; 64 * 1024];
+    while bytes.len() < MAX_OUTPUT {
+        tokio::select! {
+            read = pipe.read(&mut chunk) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            },
+            _ = stop.changed() => break,
         }
     }
+    bytes.truncate(MAX_OUTPUT);
+    bytes
 }
 
 /// Kills the whole process group (the script and what it started). `kill` the command,

@@ -21,6 +21,9 @@ use super::{BoxFuture, Capabilities, Exec, ExecOutput, Runner, RunnerError, Spaw
 /// How long the holder may take to set up its namespaces.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Scan-and-kill rounds on destroy.
+const KILL_ROUNDS: usize = 5;
+
 /// The holder's set-up: loopback up, private tmpfs on the work dir, report its pid, then
 /// live as long as its stdin (our pipe) stays open.
 const HOLDER: &str = r#"ip link set lo up 2>/dev/null || ifconfig lo up 2>/dev/null || { echo "cannot bring up lo" >&2; exit 3; }
@@ -103,26 +106,49 @@ impl NetnsSandbox {
     }
 
     /// Kills the processes whose network namespace is the sandbox's (found in /proc), so
-    /// detached ones (a gateway started with setsid) die too.
+    /// detached ones (a gateway started with setsid) die too. Repeats a few rounds: a
+    /// process may fork between the scan and the kill.
     fn kill_all(&self) {
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        let pids: Vec<String> = entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-            .filter(|name| name.bytes().all(|b| b.is_ascii_digit()))
-            .filter(|pid| {
-                std::fs::read_link(format!("/proc/{pid}/ns/net"))
-                    .is_ok_and(|ns| ns.to_string_lossy() == self.net_ns)
-            })
-            .collect();
-        if !pids.is_empty() {
+        for _ in 0..KILL_ROUNDS {
+            let pids = self.members();
+            if pids.is_empty() {
+                return;
+            }
             let _ = std::process::Command::new("kill")
                 .arg("-KILL")
                 .args(&pids)
                 .stderr(Stdio::null())
                 .status();
+        }
+    }
+
+    /// Live (non-zombie) processes in the sandbox's network namespace.
+    fn members(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .filter(|name| name.bytes().all(|b| b.is_ascii_digit()))
+            .filter(|pid| self.is_member(pid) && !is_zombie(pid))
+            .collect()
+    }
+
+    fn is_member(&self, pid: &str) -> bool {
+        std::fs::read_link(format!("/proc/{pid}/ns/net"))
+            .is_ok_and(|ns| ns.to_string_lossy() == self.net_ns)
+    }
+
+    /// The holder still lives and is still ours (not a recycled pid).
+    fn check_alive(&self) -> Result<(), RunnerError> {
+        if self.is_member(&self.pid.to_string()) && !is_zombie(&self.pid.to_string()) {
+            Ok(())
+        } else {
+            Err(RunnerError::SandboxGone(format!(
+                "the namespace holder {} has exited",
+                self.pid
+            )))
         }
     }
 
@@ -142,6 +168,7 @@ impl NetnsSandbox {
 impl Runner for NetnsSandbox {
     fn exec(&self, exec: Exec) -> BoxFuture<'_, Result<ExecOutput, RunnerError>> {
         Box::pin(async move {
+            self.check_alive()?;
             let mut command = self.nsenter(with_cwd(&exec.script, exec.cwd.as_deref()));
             command.envs(exec.env);
             exec::run(command, exec.stdin, exec.timeout).await
@@ -149,6 +176,7 @@ impl Runner for NetnsSandbox {
     }
 
     fn spawn(&self, spawn: Spawn) -> Result<Child, RunnerError> {
+        self.check_alive()?;
         let mut command = self.nsenter(with_cwd(&spawn.script, spawn.cwd.as_deref()));
         command.envs(spawn.env).stdin(Stdio::null());
         start(command, spawn.inherit_output)
@@ -171,6 +199,17 @@ impl Drop for NetnsSandbox {
             }
         }
     }
+}
+
+fn is_zombie(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state follows the command name, which is in parentheses.
+            let (_, rest) = stat.rsplit_once(')')?;
+            rest.split_whitespace().next().map(|state| state == "Z")
+        })
+        .unwrap_or(false)
 }
 
 async fn holder_pid(holder: &mut Child) -> Option<u32> {

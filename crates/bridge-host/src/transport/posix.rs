@@ -3,8 +3,8 @@
 //!
 //! `take` is one exec that long-polls inside the sandbox (a cheap wait loop) and prints
 //! every pending request as a line `id claimed-before size base64`; `deliver` is one exec
-//! whose stdin carries every ready response as `id base64`. Scripts are constant text;
-//! inputs come in the environment.
+//! whose stdin carries a header of `id length` lines and then every ready response's raw
+//! bytes. Scripts are constant text; inputs come in the environment.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +16,7 @@ use base64::Engine as _;
 use bridge_protocol::layout::is_valid_id;
 
 use super::{Delivery, Incoming, Outgoing, TakeOptions, TakeProblem, Transport, TransportError};
-use crate::runner::{BoxFuture, Exec, ExecOutput, Runner};
+use crate::runner::{BoxFuture, Exec, ExecOutput, Runner, RunnerError};
 
 /// One round of the in-sandbox wait loop.
 const POLL_STEP: Duration = Duration::from_millis(20);
@@ -42,6 +42,7 @@ for m in *.claimed *.answered; do
   [ -e "${m%.*}.json" ] || rm -f "$m"
 done
 total=0; count=0
+set -f
 for f in $(ls -tr 2>/dev/null); do
   case $f in *.json) ;; *) continue;; esac
   id=${f%.json}
@@ -60,33 +61,65 @@ for f in $(ls -tr 2>/dev/null); do
   base64 < "$f" 2>/dev/null | tr -d '\n'
   echo
 done
+exit 0
 "#;
 
+/// Stdin: a count line, one `id length` line per response, then the responses' raw
+/// bytes back to back. The shell's `read` takes the header (it never over-reads a pipe),
+/// `cat` saves the rest, and each response is cut out of that file: no base64 and no
+/// byte-at-a-time `read` of a large line (which takes seconds per megabyte in dash).
 const DELIVER: &str = r#"cd "$Q" 2>/dev/null || { echo "no queue at $Q" >&2; exit 3; }
 umask 077
-while IFS=' ' read -r id data; do
-  case $id in ''|*[!A-Za-z0-9_-]*) echo "$id invalid"; continue;; esac
+for f in responses/.deliver.*; do
+  [ -e "$f" ] || continue
+  kill -0 "${f##*.}" 2>/dev/null || rm -f "$f"
+done
+batch="responses/.deliver.$$"
+trap 'rm -f "$batch"' EXIT
+IFS= read -r count || { echo "no header" >&2; exit 4; }
+case $count in ''|*[!0-9]*) echo "bad count" >&2; exit 4;; esac
+heads=""; total=0; i=0
+while [ "$i" -lt "$count" ]; do
+  IFS=' ' read -r id len || { echo "short header" >&2; exit 4; }
+  case $len in ''|*[!0-9]*) echo "bad length" >&2; exit 4;; esac
+  heads="$heads$id $len
+"
+  total=$((total + len)); i=$((i + 1))
+done
+cat > "$batch" || exit 4
+got=$(wc -c < "$batch")
+[ "$((got + 0))" -eq "$total" ] || { echo "batch has $got bytes, expected $total" >&2; exit 4; }
+off=1
+while IFS=' ' read -r id len; do
+  [ -n "$id" ] || continue
+  start=$off; off=$((off + len))
+  case $id in *[!A-Za-z0-9_-]*) echo "$id invalid"; continue;; esac
   lock="responses/.$id.lock"
   n=0
+  # A lock older than 100 rounds is taken to be stale (its holder was killed).
   while ! mkdir "$lock" 2>/dev/null; do
     n=$((n + 1)); [ "$n" -ge 100 ] && break; sleep 0.01
   done
+  tmp="responses/$id.json.tmp"
   if [ ! -f "requests/$id.json" ]; then
-    echo "$id gone"
-  elif printf '%s' "$data" | base64 -d > "responses/$id.json.tmp" 2>/dev/null \
-      && mv -f "responses/$id.json.tmp" "responses/$id.json"; then
+    rm -f "requests/$id.claimed"; echo "$id gone"
+  elif tail -c +"$start" "$batch" | head -c "$len" > "$tmp" \
+      && [ "$(wc -c < "$tmp")" -eq "$len" ] && mv -f "$tmp" "responses/$id.json"; then
     if [ -f "requests/$id.json" ]; then
       : > "requests/$id.answered"; rm -f "requests/$id.claimed"; echo "$id delivered"
     elif [ -f "responses/$id.json" ]; then
-      rm -f "responses/$id.json"; echo "$id gone"
+      rm -f "responses/$id.json" "requests/$id.claimed"; echo "$id gone"
     else
-      echo "$id delivered"
+      rm -f "requests/$id.claimed"; echo "$id delivered"
     fi
   else
-    rm -f "responses/$id.json.tmp"; echo "$id failed"
+    rm -f "$tmp"; echo "$id failed"
   fi
   rmdir "$lock" 2>/dev/null
-done
+done <<EOF
+$heads
+EOF
+exit 0
 "#;
 
 /// The POSIX shell transport over any [`Runner`].
@@ -156,13 +189,12 @@ impl Transport for PosixTransport {
             if responses.is_empty() {
                 return Ok(Vec::new());
             }
-            let mut stdin = Vec::new();
-            for response in &responses {
-                stdin.extend_from_slice(response.id.as_bytes());
-                stdin.push(b' ');
-                stdin.extend_from_slice(STANDARD.encode(&response.file).as_bytes());
-                stdin.push(b'\n');
+            if let Some(bad) = responses.iter().find(|r| !is_valid_id(&r.id)) {
+                return Err(
+                    RunnerError::Invalid(format!("invalid response id {:?}", bad.id)).into(),
+                );
             }
+            let stdin = deliver_stdin(&responses);
             let exec = Exec::new(DELIVER, self.exec_timeout)
                 .stdin(stdin)
                 .env("Q", self.queue());
@@ -176,41 +208,71 @@ impl Transport for PosixTransport {
     }
 }
 
+/// The deliver script's stdin: header lines, then every response's bytes.
+fn deliver_stdin(responses: &[Outgoing]) -> Vec<u8> {
+    let mut header = format!("{}\n", responses.len());
+    for response in responses {
+        header.push_str(&format!("{} {}\n", response.id, response.file.len()));
+    }
+    let body_len: usize = responses.iter().map(|r| r.file.len()).sum();
+    let mut stdin = Vec::with_capacity(header.len() + body_len);
+    stdin.extend_from_slice(header.as_bytes());
+    for response in responses {
+        stdin.extend_from_slice(&response.file);
+    }
+    stdin
+}
+
 /// Reads `id claimed-before size base64|-` lines. The sandbox is untrusted: bad lines are
-/// skipped, bad ids refused, undecodable content reported as unreadable.
+/// skipped, bad ids refused, content that does not match its size reported as
+/// unreadable; output with lines but not one good line is garbled.
 fn parse_take(stdout: &[u8], envelope_limit: usize) -> Result<Vec<Incoming>, TransportError> {
-    let text = std::str::from_utf8(stdout)
-        .map_err(|_| TransportError::Garbled("take output is not text".into()))?;
     let mut out: Vec<Incoming> = Vec::new();
-    for line in text.lines().filter(|l| !l.is_empty()) {
-        let mut fields = line.splitn(4, ' ');
-        let (Some(id), Some(prev), Some(size), data) =
-            (fields.next(), fields.next(), fields.next(), fields.next())
-        else {
-            tracing::warn!("skipping a malformed take line");
-            continue;
-        };
-        let Ok(size) = size.parse::<u64>() else {
-            continue;
-        };
-        let claimed_flag = prev == "0" || prev == "1";
-        if !claimed_flag || !is_valid_id(id) || out.iter().any(|i| i.id == id) {
-            continue;
+    let mut skipped = 0usize;
+    for line in stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        match parse_take_line(line, envelope_limit) {
+            Some(incoming) if !out.iter().any(|i| i.id == incoming.id) => out.push(incoming),
+            _ => skipped += 1,
         }
-        let file = match data.unwrap_or("") {
-            "-" if size > envelope_limit as u64 => Err(TakeProblem::TooLarge { size }),
-            "" | "-" => Err(TakeProblem::Unreadable),
-            encoded => STANDARD
-                .decode(encoded)
-                .map_err(|_| TakeProblem::Unreadable),
-        };
-        out.push(Incoming {
-            id: id.to_owned(),
-            file,
-            previously_claimed: prev == "1",
-        });
+    }
+    if skipped > 0 {
+        tracing::warn!(skipped, "skipped malformed take lines");
+        if out.is_empty() {
+            return Err(TransportError::Garbled(format!(
+                "take printed {skipped} lines, none of them a request"
+            )));
+        }
     }
     Ok(out)
+}
+
+fn parse_take_line(line: &[u8], envelope_limit: usize) -> Option<Incoming> {
+    let line = std::str::from_utf8(line).ok()?;
+    let mut fields = line.splitn(4, ' ');
+    let (id, prev, size) = (fields.next()?, fields.next()?, fields.next()?);
+    let size: u64 = size.parse().ok()?;
+    let previously_claimed = match prev {
+        "0" => false,
+        "1" => true,
+        _ => return None,
+    };
+    if !is_valid_id(id) {
+        return None;
+    }
+    let too_large = Err(TakeProblem::TooLarge { size });
+    let file = match fields.next().unwrap_or("") {
+        _ if size > envelope_limit as u64 => too_large,
+        "" | "-" => Err(TakeProblem::Unreadable),
+        encoded => match STANDARD.decode(encoded) {
+            Ok(bytes) if bytes.len() as u64 == size => Ok(bytes),
+            _ => Err(TakeProblem::Unreadable),
+        },
+    };
+    Some(Incoming {
+        id: id.to_owned(),
+        file,
+        previously_claimed,
+    })
 }
 
 fn parse_deliver(
@@ -240,16 +302,43 @@ mod tests {
 
     #[test]
     fn take_lines_are_parsed_defensively() {
-        let out = b"a1 0 2 e30=\nbad id 0 2 e30=\n../x 0 1 eA==\nbig 1 99999 -\ngone 0 5 \nnot-b64 0 2 ***\na1 0 2 e30=\nshort\n";
+        let out = b"a1 0 2 e30=\nbad id 0 2 e30=\n../x 0 1 eA==\nbig 1 99999 -\ngone 0 5 \nnot-b64 0 2 ***\na1 0 2 e30=\nshort\n\xff\xfe 0 1 eA==\nliar 0 3 e30=\n";
         let got = parse_take(out, 1000).unwrap();
         let ids: Vec<&str> = got.iter().map(|i| i.id.as_str()).collect();
-        assert_eq!(ids, ["a1", "big", "gone", "not-b64"]);
+        assert_eq!(ids, ["a1", "big", "gone", "not-b64", "liar"]);
         assert_eq!(got[0].file, Ok(b"{}".to_vec()));
         assert!(!got[0].previously_claimed);
         assert_eq!(got[1].file, Err(TakeProblem::TooLarge { size: 99999 }));
         assert!(got[1].previously_claimed);
         assert_eq!(got[2].file, Err(TakeProblem::Unreadable));
         assert_eq!(got[3].file, Err(TakeProblem::Unreadable));
+        assert_eq!(got[4].file, Err(TakeProblem::Unreadable), "size mismatch");
+    }
+
+    #[test]
+    fn nonsense_take_output_is_garbled_and_silence_is_empty() {
+        assert!(matches!(
+            parse_take(b"<html>oops</html>\nnot a queue\n", 1000),
+            Err(TransportError::Garbled(_))
+        ));
+        assert_eq!(parse_take(b"", 1000).unwrap(), []);
+        let lying = parse_take(b"huge 0 5000 e30=\n", 1000).unwrap();
+        assert_eq!(lying[0].file, Err(TakeProblem::TooLarge { size: 5000 }));
+    }
+
+    #[test]
+    fn deliver_stdin_is_header_then_raw_bytes() {
+        let stdin = deliver_stdin(&[
+            Outgoing {
+                id: "a".into(),
+                file: b"xy\n".to_vec(),
+            },
+            Outgoing {
+                id: "b".into(),
+                file: vec![0, 255],
+            },
+        ]);
+        assert_eq!(stdin, b"2\na 3\nb 2\nxy\n\x00\xff");
     }
 
     #[test]

@@ -1,0 +1,167 @@
+//! The gateway binary's helper subcommands, run by the host through exec:
+//!
+//! - `take --queue-dir D [--wait-ms W] [--max-bytes B] [--envelope-bytes E] [--include-claimed]`
+//!   waits (inotify) up to W ms for a request, claims the batch and prints it as NDJSON;
+//! - `put --queue-dir D` reads NDJSON responses on stdin and writes each under the rules of
+//!   [`crate::helper`], printing one result line per id.
+
+use std::io::{BufRead as _, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use bridge_protocol::codec::{envelope_limit, DEFAULT_MAX_BODY_BYTES};
+use bridge_protocol::layout::QueueLayout;
+
+use crate::helper::{self, TakeOptions};
+
+/// Runs a helper subcommand; `None` when `args` names none (serve as the gateway).
+pub fn dispatch(args: &[String]) -> Option<ExitCode> {
+    let (command, rest) = args.split_first()?;
+    let result = match command.as_str() {
+        "take" => take(rest),
+        "put" => put(rest),
+        _ => return None,
+    };
+    Some(match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(why)) => {
+            eprintln!("paperclip-bridge-server {command}: {why}\n{USAGE}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Io(why)) => {
+            eprintln!("paperclip-bridge-server {command}: {why}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
+const USAGE: &str = "usage: paperclip-bridge-server take --queue-dir DIR [--wait-ms MS] [--max-bytes N] [--envelope-bytes N] [--include-claimed]
+       paperclip-bridge-server put --queue-dir DIR   (NDJSON responses on stdin)
+       paperclip-bridge-server                       (serve; configured by PAPERCLIP_BRIDGE_*)";
+
+enum Failure {
+    Usage(String),
+    Io(String),
+}
+
+fn take(args: &[String]) -> Result<(), Failure> {
+    let flags = Flags::parse(args, &["--include-claimed"])?;
+    let layout = QueueLayout::new(flags.queue_dir()?);
+    let opts = TakeOptions {
+        wait: Duration::from_millis(flags.number("--wait-ms", 0)?),
+        max_batch_bytes: flags.number("--max-bytes", 16 << 20)? as usize,
+        envelope_limit: flags.number(
+            "--envelope-bytes",
+            envelope_limit(DEFAULT_MAX_BODY_BYTES) as u64,
+        )? as usize,
+        include_claimed: flags.has("--include-claimed"),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Io(e.to_string()))?;
+    let taken = runtime
+        .block_on(helper::take_waiting(&layout, &opts))
+        .map_err(|e| Failure::Io(format!("{}: {e}", layout.requests_dir().display())))?;
+    let mut out = std::io::stdout().lock();
+    for item in &taken {
+        writeln!(out, "{}", helper::taken_line(item)).map_err(|e| Failure::Io(e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn put(args: &[String]) -> Result<(), Failure> {
+    let flags = Flags::parse(args, &[])?;
+    let layout = QueueLayout::new(flags.queue_dir()?);
+    if !layout.responses_dir().is_dir() {
+        return Err(Failure::Io(format!(
+            "no queue at {}",
+            layout.root().display()
+        )));
+    }
+    let mut out = std::io::stdout().lock();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.map_err(|e| Failure::Io(e.to_string()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Some((id, file)) = parse_put(&line) else {
+            writeln!(
+                out,
+                "{}",
+                helper::put_result_line("-", Err("malformed line".into()))
+            )
+            .map_err(|e| Failure::Io(e.to_string()))?;
+            continue;
+        };
+        let result = helper::put(&layout, &id, &file).map_err(|e| e.to_string());
+        writeln!(out, "{}", helper::put_result_line(&id, result))
+            .map_err(|e| Failure::Io(e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn parse_put(line: &str) -> Option<(String, Vec<u8>)> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let id = v["id"].as_str()?.to_owned();
+    let file = STANDARD.decode(v["file"].as_str()?).ok()?;
+    Some((id, file))
+}
+
+/// `--name value` pairs and bare switches.
+struct Flags {
+    pairs: Vec<(String, String)>,
+    switches: Vec<String>,
+}
+
+impl Flags {
+    fn parse(args: &[String], switches: &[&str]) -> Result<Self, Failure> {
+        let mut flags = Flags {
+            pairs: Vec::new(),
+            switches: Vec::new(),
+        };
+        let mut rest = args.iter();
+        while let Some(arg) = rest.next() {
+            if switches.contains(&arg.as_str()) {
+                flags.switches.push(arg.clone());
+            } else if arg.starts_with("--") {
+                let value = rest
+                    .next()
+                    .ok_or_else(|| Failure::Usage(format!("{arg} needs a value")))?;
+                flags.pairs.push((arg.clone(), value.clone()));
+            } else {
+                return Err(Failure::Usage(format!("unexpected argument {arg:?}")));
+            }
+        }
+        Ok(flags)
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.switches.iter().any(|s| s == name)
+    }
+
+    fn queue_dir(&self) -> Result<PathBuf, Failure> {
+        self.get("--queue-dir")
+            .map(PathBuf::from)
+            .ok_or_else(|| Failure::Usage("--queue-dir is required".into()))
+    }
+
+    fn number(&self, name: &str, default: u64) -> Result<u64, Failure> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| Failure::Usage(format!("{name} {v:?} is not a number"))),
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The queue operations a host needs, run where the queue is: by the gateway binary's
+//! `take` and `put` subcommands inside a sandbox (the helper transport), and by the host's
+//! shared-directory transport. One implementation of the rules, used by both:
+//!
+//! - `take` returns pending requests oldest first, claiming each (`<id>.claimed`) before it
+//!   is returned, skipping claimed ones (unless recovering) and answered ones, bounded in
+//!   bytes; markers whose request is gone are removed.
+//! - `put` writes a response only while its request file exists (the caller waits): tmp +
+//!   rename under a per-response lock, removed again if the request vanished meanwhile; the
+//!   claim becomes `<id>.answered`.
+
+mod lines;
+mod wait;
+
+use std::io;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use bridge_protocol::layout::{self, QueueLayout};
+
+pub use lines::{parse_put_result, parse_taken, put_result_line, taken_line};
+pub use wait::take_waiting;
+
+/// What one `take` returns.
+#[derive(Debug, Clone, Copy)]
+pub struct TakeOptions {
+    pub wait: Duration,
+    pub max_batch_bytes: usize,
+    pub envelope_limit: usize,
+    pub include_claimed: bool,
+}
+
+/// One request taken from the queue (its content is untrusted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    pub id: String,
+    pub file: Result<Vec<u8>, Problem>,
+    pub previously_claimed: bool,
+}
+
+/// Why a request file's bytes are not returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    TooLarge { size: u64 },
+    Unreadable,
+}
+
+/// What became of one response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    Delivered,
+    CallerGone,
+}
+
+/// One pass over `requests/`.
+pub fn take_now(layout: &QueueLayout, opts: &TakeOptions) -> io::Result<Vec<Taken>> {
+    let dir = layout.requests_dir();
+    remove_orphan_markers(&dir)?;
+    let mut pending = pending(layout)?;
+    pending.sort();
+    let mut out = Vec::new();
+    let mut total = 0usize;
+    for (_, id, size) in pending {
+        let claim = layout.claim_file(&id);
+        let previously_claimed = claim.exists();
+        if previously_claimed && !opts.include_claimed {
+            continue;
+        }
+        if !out.is_empty() && total.saturating_add(size as usize) > opts.max_batch_bytes {
+            break;
+        }
+        write_private(&claim, b"")?;
+        let file = if size > opts.envelope_limit as u64 {
+            Err(Problem::TooLarge { size })
+        } else {
+            total += size as usize;
+            std::fs::read(layout.request_file(&id)).map_err(|_| Problem::Unreadable)
+        };
+        out.push(Taken {
+            id,
+            file,
+            previously_claimed,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether a take would find something now (claimed ones count only when recovering).
+pub fn anything_pending(layout: &QueueLayout, include_claimed: bool) -> io::Result<bool> {
+    Ok(pending(layout)?
+        .iter()
+        .any(|(_, id, _)| include_claimed || !layout.claim_file(id).exists()))
+}
+
+/// `(mtime, id, size)` of the unanswered request files.
+fn pending(layout: &QueueLayout) -> io::Result<Vec<(SystemTime, String, u64)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(layout.requests_dir())?.flatten() {
+        let name = entry.file_name();
+        let Some(id) = name.to_str().and_then(layout::entry_id) else {
+            continue;
+        };
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_file() && !layout.answered_file(id).exists() {
+            let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            found.push((modified, id.to_owned(), meta.len()));
+        }
+    }
+    Ok(found)
+}
+
+/// Writes one response while its caller waits.
+pub fn put(layout: &QueueLayout, id: &str, file: &[u8]) -> io::Result<Put> {
+    if !layout::is_valid_id(id) {
+        return Err(io::Error::other(format!("invalid request id {id:?}")));
+    }
+    let _lock = DirLock::acquire(&layout.responses_dir().join(format!(".{id}.lock")));
+    let request = layout.request_file(id);
+    if !request.exists() {
+        return Ok(Put::CallerGone);
+    }
+    let path = layout.response_file(id);
+    let tmp = layout::tmp_path(&path);
+    if let Err(e) = write_private(&tmp, file).and_then(|()| std::fs::rename(&tmp, &path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if request.exists() {
+        write_private(&layout.answered_file(id), b"")?;
+        let _ = std::fs::remove_file(layout.claim_file(id));
+        Ok(Put::Delivered)
+    } else if path.exists() {
+        // The caller gave up while we wrote: leave nothing behind.
+        let _ = std::fs::remove_file(&path);
+        Ok(Put::CallerGone)
+    } else {
+        // The gateway already read the answer and withdrew the request.
+        Ok(Put::Delivered)
+    }
+}
+
+/// Claim and answered markers whose request file is gone.
+fn remove_orphan_markers(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stem = name
+            .strip_suffix(layout::CLAIM_SUFFIX)
+            .or_else(|| name.strip_suffix(layout::ANSWERED_SUFFIX));
+        if let Some(id) = stem {
+            if !dir.join(format!("{id}{}", layout::ENTRY_SUFFIX)).exists() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(bytes)
+}
+
+/// `mkdir` as a lock (the POSIX transport's too), waiting at most a second.
+struct DirLock(Option<PathBuf>);
+
+impl DirLock {
+    fn acquire(path: &Path) -> Self {
+        for _ in 0..100 {
+            if std::fs::create_dir(path).is_ok() {
+                return Self(Some(path.to_path_buf()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self(None)
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_dir(path);
+        }
+    }
+}
