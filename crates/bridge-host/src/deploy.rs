@@ -17,7 +17,7 @@ use bridge_protocol::wire::{self, ReadyFile};
 use crate::policy::HostPolicy;
 use crate::proxy::Upstream;
 use crate::runner::{Exec, ExecOutput, Runner, RunnerError};
-use crate::transport::{PosixTransport, SharedFsTransport, Transport};
+use crate::transport::{HelperTransport, PosixTransport, SharedFsTransport, Transport};
 use crate::worker::{Worker, WorkerConfig, WorkerHandle};
 
 /// Bytes of the gateway binary sent per exec while uploading.
@@ -28,8 +28,11 @@ const SETUP_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
 /// How the worker reaches the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TransportKind {
-    /// POSIX `sh` scripts over the runner's exec: works with any sandbox.
+    /// The deployed gateway binary does the queue work (`take`/`put`), woken by inotify:
+    /// the fastest, and always available since the gateway is ours.
     #[default]
+    Helper,
+    /// POSIX `sh` scripts over the runner's exec: works with any queue_v1 gateway.
     Posix,
     /// Read the queue directory directly (only when the runner shares this file system).
     SharedFs,
@@ -66,7 +69,7 @@ impl BridgeConfig {
             upstream,
             policy: Arc::new(HostPolicy::default()),
             worker: WorkerConfig::default(),
-            transport: TransportKind::Posix,
+            transport: TransportKind::Helper,
             response_timeout: Duration::from_secs(30),
             max_queue_depth: 64,
             ready_timeout: Duration::from_secs(10),
@@ -158,6 +161,12 @@ impl Bridge {
             start_gateway(runner.as_ref(), &config, &queue_dir, &remote_binary, &token).await?;
         tracing::info!(url = %ready.base_url, pid = ready.pid, "gateway ready");
         let transport: Arc<dyn Transport> = match config.transport {
+            TransportKind::Helper => Arc::new(HelperTransport::new(
+                runner.clone(),
+                queue_dir.clone(),
+                remote_binary.clone(),
+                SETUP_EXEC_TIMEOUT,
+            )),
             TransportKind::Posix => Arc::new(PosixTransport::new(
                 runner.clone(),
                 queue_dir.clone(),

@@ -10,9 +10,12 @@ use std::time::Duration;
 
 use crate::runner::BoxFuture;
 
+mod convert;
+pub mod helper;
 pub mod posix;
 pub mod shared_fs;
 
+pub use helper::HelperTransport;
 pub use posix::PosixTransport;
 pub use shared_fs::SharedFsTransport;
 

@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bridge_host::deploy::{Bridge, BridgeConfig, BridgeHandle};
+use bridge_host::deploy::{Bridge, BridgeConfig, BridgeHandle, TransportKind};
 use bridge_host::proxy::{Secret, Upstream};
 use bridge_host::runner::{Exec, ExecOutput, NetnsSandbox, Runner};
 use common::*;
@@ -24,6 +24,10 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(TransportKind::Helper).await
+}
+
+async fn setup_with(transport: TransportKind) -> Setup {
     let recorder = Recorder::start().await;
     let dir = tempfile::tempdir().unwrap();
     let sandbox = Arc::new(NetnsSandbox::create(dir.path()).await.unwrap());
@@ -37,6 +41,7 @@ async fn setup() -> Setup {
     let mut config = BridgeConfig::new(gateway_bin(), dir.path().to_path_buf(), upstream);
     config.worker.drain_timeout = Duration::from_millis(300);
     config.stop_grace = Duration::from_secs(5);
+    config.transport = transport;
     let bridge = Bridge::start(sandbox.clone(), config).await.unwrap();
     Setup {
         recorder,
@@ -123,6 +128,17 @@ call "$PAPERCLIP_API_URL/api/companies"; echo
             "bridge token leaked upstream"
         );
     }
+    s.teardown().await;
+}
+
+#[tokio::test]
+async fn the_posix_transport_serves_the_same_path() {
+    let s = setup_with(TransportKind::Posix).await;
+    let out = s
+        .agent(&format!("{CURL}\ncall -X POST \"$PAPERCLIP_API_URL/api/issues/i1/comments\" -H 'Content-Type: application/json' -d '{{}}'; echo; call \"$PAPERCLIP_API_URL/api/companies\""))
+        .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "201\n403");
+    assert_eq!(s.recorder.count("POST", "/api/issues/i1/comments"), 1);
     s.teardown().await;
 }
 

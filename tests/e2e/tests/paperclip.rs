@@ -109,7 +109,7 @@ async fn an_isolated_agent_works_its_issue_through_the_bridge() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary("paperclip-bridge").display()));
     let output = lines(&mut child);
     let mut transcript = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(180);

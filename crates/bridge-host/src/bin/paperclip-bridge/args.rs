@@ -23,8 +23,10 @@ pub enum SandboxKind {
 /// How the worker reaches the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TransportArg {
-    /// Shared directory when the sandbox is this machine's file system, else POSIX sh.
+    /// Shared directory with `--sandbox local`, else the helper transport.
     Auto,
+    /// The deployed gateway binary does the queue work, woken by inotify (fastest).
+    Helper,
     /// POSIX sh scripts over exec: works with any sandbox.
     Posix,
     /// Read the queue directly (only with `--sandbox local`).

@@ -1,0 +1,203 @@
+//! The helper transport (the gateway binary's `take`/`put` run through a runner) on
+//! hand-written queue_v1 files: exact bytes, claims and recovery, the inotify long poll,
+//! delivery only while the caller waits, one exec per call.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bridge_host::runner::{Exec, LocalRunner, NetnsSandbox, Runner};
+use bridge_host::transport::{
+    Delivery, HelperTransport, Outgoing, TakeOptions, TakeProblem, Transport,
+};
+use common::*;
+
+fn opts() -> TakeOptions {
+    TakeOptions {
+        wait: Duration::ZERO,
+        max_batch_bytes: 1 << 20,
+        envelope_limit: 1 << 20,
+        include_claimed: false,
+    }
+}
+
+fn queue() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("requests")).unwrap();
+    std::fs::create_dir_all(dir.path().join("responses")).unwrap();
+    dir
+}
+
+fn local(q: &Path) -> HelperTransport {
+    HelperTransport::new(
+        Arc::new(LocalRunner),
+        q.to_path_buf(),
+        gateway_bin(),
+        Duration::from_secs(20),
+    )
+}
+
+#[tokio::test]
+async fn take_claims_recovers_and_keeps_bytes_exact() {
+    let dir = queue();
+    let q = dir.path();
+    let json = request_json(
+        "h1",
+        "POST",
+        "/api/issues/i/comments",
+        "{}",
+        r#""é \"\\u0000 ok""#,
+    );
+    write_request(q, "h1", &json);
+    write_request(q, "big", &"x".repeat(3000));
+    std::fs::write(q.join("requests/not an id.json"), b"{}").unwrap();
+    let t = local(q);
+    let got = t
+        .take(TakeOptions {
+            envelope_limit: 2000,
+            ..opts()
+        })
+        .await
+        .unwrap();
+    let by_id = |id: &str| got.iter().find(|i| i.id == id).unwrap().clone();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(by_id("h1").file.unwrap(), format!("{json}\n").into_bytes());
+    assert_eq!(by_id("big").file, Err(TakeProblem::TooLarge { size: 3001 }));
+    assert!(
+        t.take(opts()).await.unwrap().is_empty(),
+        "claimed requests are not taken twice"
+    );
+    let again = t
+        .take(TakeOptions {
+            include_claimed: true,
+            ..opts()
+        })
+        .await
+        .unwrap();
+    assert!(again.iter().all(|i| i.previously_claimed));
+    assert_eq!(t.exec_count(), 3);
+}
+
+#[tokio::test]
+async fn the_long_poll_wakes_when_a_request_lands() {
+    let dir = queue();
+    let q = dir.path().to_path_buf();
+    let t = local(&q);
+    let writer = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            write_request(&q, "late", "{}");
+        })
+    };
+    let wait = TakeOptions {
+        wait: Duration::from_secs(20),
+        ..opts()
+    };
+    let got = tokio::time::timeout(Duration::from_secs(10), t.take(wait))
+        .await
+        .expect("woke long before its 20 s wait")
+        .unwrap();
+    assert_eq!(got[0].id, "late");
+    writer.await.unwrap();
+}
+
+#[tokio::test]
+async fn put_writes_only_while_the_caller_waits() {
+    let dir = queue();
+    let q = dir.path();
+    write_request(q, "w1", "{}");
+    write_request(q, "w2", "{}");
+    let t = local(q);
+    t.take(opts()).await.unwrap();
+    std::fs::remove_file(q.join("requests/w2.json")).unwrap();
+    let big: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let results = t
+        .deliver(vec![
+            Outgoing {
+                id: "w1".into(),
+                file: big.clone(),
+            },
+            Outgoing {
+                id: "w2".into(),
+                file: b"late".to_vec(),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        results,
+        [
+            ("w1".into(), Delivery::Delivered),
+            ("w2".into(), Delivery::CallerGone)
+        ]
+    );
+    assert!(std::fs::read(q.join("responses/w1.json")).unwrap() == big);
+    let left: Vec<String> = std::fs::read_dir(q.join("responses"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["w1.json"]);
+    assert!(t
+        .take(TakeOptions {
+            include_claimed: true,
+            ..opts()
+        })
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn it_works_inside_a_namespace_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Arc::new(NetnsSandbox::create(dir.path()).await.unwrap());
+    let q = dir.path().join("queue");
+    let json = request_json("n1", "GET", "/api/agents/me", "{}", r#""""#);
+    let setup = format!(
+        "mkdir -p '{q}/requests' '{q}/responses' && printf '%s\\n' '{json}' > '{q}/requests/n1.json'",
+        q = q.display()
+    );
+    assert!(sandbox
+        .exec(Exec::new(setup, Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .success());
+    let t = HelperTransport::new(
+        sandbox.clone(),
+        q.clone(),
+        gateway_bin(),
+        Duration::from_secs(20),
+    );
+    let got = t.take(opts()).await.unwrap();
+    assert_eq!(
+        got[0].file.as_deref().unwrap(),
+        format!("{json}\n").as_bytes()
+    );
+    let results = t
+        .deliver(vec![Outgoing {
+            id: "n1".into(),
+            file: b"answer\n".to_vec(),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(results[0].1, Delivery::Delivered);
+    let read = sandbox
+        .exec(Exec::new(
+            format!("cat '{}/responses/n1.json'", q.display()),
+            Duration::from_secs(10),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(read.stdout, b"answer\n");
+    assert!(
+        !q.join("responses/n1.json").exists(),
+        "the host cannot see the sandbox's files"
+    );
+    sandbox.destroy().await;
+}
