@@ -33,6 +33,7 @@ pub fn build_binaries() -> Result<()> {
 
 fn run_suite() -> Result<()> {
     let facts = target_dir().join("paperclip/facts.json");
+    let bin = target_dir().join("debug");
     run(cargo()
         .args([
             "test",
@@ -43,6 +44,11 @@ fn run_suite() -> Result<()> {
             "--ignored",
             "--test-threads=1",
         ])
-        .env("PAPERCLIP_E2E_FACTS", &facts))
+        .env("PAPERCLIP_E2E_FACTS", &facts)
+        .env("PAPERCLIP_BRIDGE_BIN", bin.join("paperclip-bridge"))
+        .env(
+            "PAPERCLIP_BRIDGE_SERVER_BIN",
+            bin.join("paperclip-bridge-server"),
+        ))
     .context("the e2e suite failed (the Paperclip server log is under target/paperclip/)")
 }

@@ -20,9 +20,34 @@ pub const MAX_OUTPUT: usize = 512 * 1024 * 1024;
 /// The only host variables a sandbox process starts with; everything else it gets is
 /// what the caller passes. Keeps the host's secrets (e.g. Paperclip's run JWT) out.
 pub fn base_env() -> Vec<(String, String)> {
-    let path = std::env::var("PATH")
-        .unwrap_or_else(|_| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    vec![("PATH".into(), path), ("LANG".into(), "C.UTF-8".into())]
+    vec![
+        ("PATH".into(), sandbox_path()),
+        ("LANG".into(), "C.UTF-8".into()),
+    ]
+}
+
+/// The host's PATH plus the system directories an ordinary user's PATH may lack (`ip`,
+/// `nsenter` and `unshare` live in sbin on many systems).
+fn sandbox_path() -> String {
+    let mut dirs: Vec<String> = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(str::to_owned)
+        .collect();
+    for dir in [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ] {
+        if !dirs.iter().any(|d| d == dir) {
+            dirs.push(dir.to_owned());
+        }
+    }
+    dirs.join(":")
 }
 
 /// Prefixes `script` with a `cd` into `cwd` (exit 125 if it is missing).
