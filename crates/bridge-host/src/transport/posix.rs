@@ -29,7 +29,6 @@ pending() {
     [ -f "$f" ] || continue
     id=${f%.json}
     valid "$id" || continue
-    [ -e "$id.answered" ] && continue
     [ "$INCLUDE_CLAIMED" != 1 ] && [ -e "$id.claimed" ] && continue
     return 0
   done
@@ -37,9 +36,9 @@ pending() {
 }
 i=0
 while ! pending && [ "$i" -lt "$TRIES" ]; do sleep 0.02; i=$((i + 1)); done
-for m in *.claimed *.answered; do
+for m in *.claimed; do
   [ -e "$m" ] || continue
-  [ -e "${m%.*}.json" ] || rm -f "$m"
+  [ -e "${m%.claimed}.json" ] || rm -f "$m"
 done
 total=0; count=0
 set -f
@@ -47,7 +46,6 @@ for f in $(ls -tr 2>/dev/null); do
   case $f in *.json) ;; *) continue;; esac
   id=${f%.json}
   valid "$id" && [ -f "$f" ] || continue
-  [ -e "$id.answered" ] && continue
   prev=0
   if [ -e "$id.claimed" ]; then [ "$INCLUDE_CLAIMED" = 1 ] || continue; prev=1; fi
   size=$(wc -c < "$f" 2>/dev/null) || continue
@@ -106,7 +104,7 @@ while IFS=' ' read -r id len; do
   elif tail -c +"$start" "$batch" | head -c "$len" > "$tmp" \
       && [ "$(wc -c < "$tmp")" -eq "$len" ] && mv -f "$tmp" "responses/$id.json"; then
     if [ -f "requests/$id.json" ]; then
-      : > "requests/$id.answered"; rm -f "requests/$id.claimed"; echo "$id delivered"
+      rm -f "requests/$id.json" "requests/$id.claimed"; echo "$id delivered"
     elif [ -f "responses/$id.json" ]; then
       rm -f "responses/$id.json" "requests/$id.claimed"; echo "$id gone"
     else

@@ -3,11 +3,12 @@
 //! shared-directory transport. One implementation of the rules, used by both:
 //!
 //! - `take` returns pending requests oldest first, claiming each (`<id>.claimed`) before it
-//!   is returned, skipping claimed ones (unless recovering) and answered ones, bounded in
-//!   bytes; markers whose request is gone are removed.
+//!   is returned, skipping claimed ones (unless recovering), bounded in bytes; claims whose
+//!   request is gone are removed.
 //! - `put` writes a response only while its request file exists (the caller waits): tmp +
-//!   rename under a per-response lock, removed again if the request vanished meanwhile; the
-//!   claim becomes `<id>.answered`.
+//!   rename under a per-response lock, removed again if the request vanished meanwhile.
+//!   Then it removes the request and its claim, as Paperclip's own host does, so an answered
+//!   request never counts toward a gateway's queue depth and is never taken again.
 
 mod lines;
 mod wait;
@@ -93,7 +94,7 @@ pub fn anything_pending(layout: &QueueLayout, include_claimed: bool) -> io::Resu
         .any(|(_, id, _)| include_claimed || !layout.claim_file(id).exists()))
 }
 
-/// `(mtime, id, size)` of the unanswered request files.
+/// `(mtime, id, size)` of the request files.
 fn pending(layout: &QueueLayout) -> io::Result<Vec<(SystemTime, String, u64)>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(layout.requests_dir())?.flatten() {
@@ -102,7 +103,7 @@ fn pending(layout: &QueueLayout) -> io::Result<Vec<(SystemTime, String, u64)>> {
             continue;
         };
         let Ok(meta) = entry.metadata() else { continue };
-        if meta.is_file() && !layout.answered_file(id).exists() {
+        if meta.is_file() {
             let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
             found.push((modified, id.to_owned(), meta.len()));
         }
@@ -127,7 +128,7 @@ pub fn put(layout: &QueueLayout, id: &str, file: &[u8]) -> io::Result<Put> {
         return Err(e);
     }
     if request.exists() {
-        write_private(&layout.answered_file(id), b"")?;
+        let _ = std::fs::remove_file(&request);
         let _ = std::fs::remove_file(layout.claim_file(id));
         Ok(Put::Delivered)
     } else if path.exists() {
@@ -140,14 +141,11 @@ pub fn put(layout: &QueueLayout, id: &str, file: &[u8]) -> io::Result<Put> {
     }
 }
 
-/// Claim and answered markers whose request file is gone.
+/// Claims whose request file is gone.
 fn remove_orphan_markers(dir: &Path) -> io::Result<()> {
     for entry in std::fs::read_dir(dir)?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let stem = name
-            .strip_suffix(layout::CLAIM_SUFFIX)
-            .or_else(|| name.strip_suffix(layout::ANSWERED_SUFFIX));
-        if let Some(id) = stem {
+        if let Some(id) = name.strip_suffix(layout::CLAIM_SUFFIX) {
             if !dir.join(format!("{id}{}", layout::ENTRY_SUFFIX)).exists() {
                 let _ = std::fs::remove_file(entry.path());
             }
