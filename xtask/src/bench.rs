@@ -25,8 +25,32 @@ const PER_CALLER: usize = 50;
 pub fn main(args: &[String]) -> Result<()> {
     match args {
         [what] if what == "gateway" => gateway(),
-        _ => bail!("usage: cargo xtask bench gateway"),
+        [what] if what == "bridge" => bridge(),
+        _ => bail!("usage: cargo xtask bench gateway|bridge"),
     }
+}
+
+/// The whole bridge per transport and latency: an optimised CLI runs the matrix.
+fn bridge() -> Result<()> {
+    let binary = dist::build("x86_64-unknown-linux-musl")?;
+    crate::run(crate::cargo().args([
+        "build",
+        "--locked",
+        "--profile",
+        "fast",
+        "-p",
+        "bridge-host",
+        "--bin",
+        "paperclip-bridge",
+    ]))?;
+    let cli = crate::target_dir().join("fast/paperclip-bridge");
+    crate::run(
+        Command::new(cli)
+            .arg("bench")
+            .arg("--gateway-bin")
+            .arg(binary)
+            .env("RUST_LOG", "warn"),
+    )
 }
 
 fn gateway() -> Result<()> {

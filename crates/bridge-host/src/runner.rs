@@ -11,10 +11,12 @@ use std::pin::Pin;
 use std::time::Duration;
 
 pub mod command;
+pub mod delay;
 mod exec;
 pub mod netns;
 
 pub use command::{CommandRunner, LocalRunner};
+pub use delay::DelayRunner;
 pub use netns::NetnsSandbox;
 
 /// A boxed, sendable future, so runners can be used as `Arc<dyn Runner>`.

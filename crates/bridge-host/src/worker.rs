@@ -152,9 +152,13 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     let permits = Arc::new(Semaphore::new(shared.config.concurrency.max(1)));
     let mut handlers = JoinSet::new();
     let mut backoff = Backoff::new(&shared.config);
+    // At start, claims may be an earlier worker's: unsafe ones are never re-sent.
     let mut recovering = true;
+    // After a failed take, claims it made may have been lost with its output: they are
+    // ours (nothing else runs on this queue), so they are looked for once and forwarded.
+    let mut lost_claims = false;
     while !*stopped.borrow() {
-        let opts = take_options(&shared, recovering);
+        let opts = take_options(&shared, recovering || lost_claims);
         let taken = tokio::select! {
             taken = shared.transport.take(opts) => taken,
             _ = stopped.changed() => break,
@@ -162,8 +166,10 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
         match taken {
             Ok(batch) => {
                 backoff.reset();
-                recovering = false;
-                for incoming in batch {
+                for mut incoming in batch {
+                    if !recovering {
+                        incoming.previously_claimed = false;
+                    }
                     let Some(incoming) = shared.admit(incoming) else {
                         continue;
                     };
@@ -179,9 +185,12 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                         drop(permit);
                     });
                 }
+                recovering = false;
+                lost_claims = false;
                 while handlers.try_join_next().is_some() {}
             }
             Err(e) => {
+                lost_claims = true;
                 shared
                     .stats
                     .transport_errors
@@ -203,7 +212,8 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
 
 fn take_options(shared: &Shared, recovering: bool) -> TakeOptions {
     TakeOptions {
-        // Recovery looks once without waiting, so old claims are answered promptly.
+        // Recovery looks once without waiting (claimed requests in flight would otherwise
+        // end every long poll at once).
         wait: if recovering {
             Duration::ZERO
         } else {

@@ -481,3 +481,78 @@ async fn unreachable_upstream_is_502_before_sending_and_retryable() {
     assert!(!answer.headers.contains_key("x-paperclip-bridge-outcome"));
     worker.stop().await;
 }
+
+/// Runs every exec, but loses the result of every third one (reports a time-out), like an
+/// exec channel that drops after the command ran: the worst case for claims.
+#[derive(Debug)]
+struct LossyRunner {
+    calls: AtomicU64,
+}
+
+impl bridge_host::runner::Runner for LossyRunner {
+    fn exec(
+        &self,
+        exec: bridge_host::runner::Exec,
+    ) -> BoxFuture<'_, Result<bridge_host::runner::ExecOutput, bridge_host::runner::RunnerError>>
+    {
+        Box::pin(async move {
+            let out = bridge_host::runner::LocalRunner.exec(exec).await?;
+            if self.calls.fetch_add(1, Ordering::SeqCst) % 3 == 2 {
+                return Ok(bridge_host::runner::ExecOutput {
+                    timed_out: true,
+                    ..Default::default()
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn spawn(
+        &self,
+        spawn: bridge_host::runner::Spawn,
+    ) -> Result<tokio::process::Child, bridge_host::runner::RunnerError> {
+        bridge_host::runner::LocalRunner.spawn(spawn)
+    }
+
+    fn capabilities(&self) -> bridge_host::runner::Capabilities {
+        bridge_host::runner::Capabilities::default()
+    }
+}
+
+#[tokio::test]
+async fn execs_whose_results_are_lost_lose_no_request() {
+    use bridge_host::runner::Runner as _;
+    let recorder = Recorder::start().await;
+    let dir = queue_dir();
+    let runner = Arc::new(LossyRunner {
+        calls: AtomicU64::new(0),
+    });
+    let transport = Arc::new(bridge_host::transport::PosixTransport::new(
+        runner.clone(),
+        dir.path().to_path_buf(),
+        Duration::from_secs(10),
+    ));
+    let worker = start_on(transport, &recorder, config());
+    for i in 0..12 {
+        let id = format!("l{i}");
+        let path = format!("/api/issues/l{i}/comments");
+        write_request(
+            dir.path(),
+            &id,
+            &request_json(&id, "POST", &path, "{}", r#""{}""#),
+        );
+        // One at a time, so lost takes and lost delivers both happen.
+        assert_eq!(response(dir.path(), &id).await.status, 201, "{id}");
+        std::fs::remove_file(dir.path().join(format!("responses/{id}.json"))).unwrap();
+    }
+    for i in 0..12 {
+        assert_eq!(
+            recorder.count("POST", &format!("/api/issues/l{i}/comments")),
+            1,
+            "l{i}"
+        );
+    }
+    assert!(runner.calls.load(Ordering::SeqCst) >= 24);
+    let _ = runner.capabilities();
+    worker.stop().await;
+}

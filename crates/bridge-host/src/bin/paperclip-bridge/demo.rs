@@ -5,7 +5,7 @@
 //! sandbox that first proves it cannot reach the host, then makes allowed and denied calls.
 
 mod agent;
-mod upstream;
+pub mod upstream;
 
 use std::process::ExitCode;
 use std::time::Duration;

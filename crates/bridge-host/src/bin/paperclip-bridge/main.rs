@@ -3,7 +3,9 @@
 
 mod agent_env;
 mod args;
+mod bench;
 mod demo;
+mod load;
 mod run;
 mod sandbox;
 mod signals;
@@ -36,6 +38,12 @@ enum Command {
     /// The demo's scripted agent (runs inside the sandbox).
     #[command(hide = true)]
     DemoAgent(demo::DemoAgentArgs),
+    /// The benchmark (run it with `cargo xtask bench bridge`).
+    #[command(hide = true)]
+    Bench(bench::BenchArgs),
+    /// The benchmark's load generator (runs inside the sandbox).
+    #[command(hide = true)]
+    Load(load::LoadArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,8 +66,11 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
-    if let Command::DemoAgent(args) = command {
-        return demo::agent(args).await;
+    match command {
+        Command::DemoAgent(args) => return demo::agent(args).await,
+        Command::Load(args) => return load::load(args).await,
+        Command::Bench(args) => return bench::bench(args).await,
+        _ => {}
     }
     let shutdown = signals::Shutdown::install()?;
     match command {
@@ -67,7 +78,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Up(args) => run::up(*args, shutdown).await,
         Command::Worker(args) => worker_cmd::worker(*args, shutdown).await,
         Command::Demo(args) => demo::demo(args, shutdown).await,
-        Command::DemoAgent(_) => unreachable!("handled above"),
+        Command::DemoAgent(_) | Command::Load(_) | Command::Bench(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 

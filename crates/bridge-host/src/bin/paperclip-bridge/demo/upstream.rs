@@ -23,6 +23,8 @@ struct Seen {
 struct Shared {
     key: String,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Added before every answer (benchmarks stand in for a slower API with it).
+    latency: std::time::Duration,
 }
 
 /// A running demo upstream on 127.0.0.1 (this machine's loopback, not the sandbox's).
@@ -34,6 +36,11 @@ pub struct DemoUpstream {
 
 impl DemoUpstream {
     pub async fn start(key: String) -> Result<Self> {
+        Self::start_with_latency(key, std::time::Duration::ZERO).await
+    }
+
+    /// Like `start`, answering each request after `latency`.
+    pub async fn start_with_latency(key: String, latency: std::time::Duration) -> Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding the demo upstream")?;
@@ -41,6 +48,7 @@ impl DemoUpstream {
         let shared = Shared {
             key,
             seen: Arc::default(),
+            latency,
         };
         let app = Router::new().fallback(answer).with_state(shared.clone());
         tokio::spawn(async move {
@@ -104,8 +112,12 @@ async fn answer(State(shared): State<Shared>, request: Request) -> Response {
     };
     let authorized = seen.authorization.as_deref() == Some(&format!("Bearer {}", shared.key));
     if let Ok(mut all) = shared.seen.lock() {
-        all.push(seen.clone());
+        // Bounded: benchmarks send many thousands.
+        if all.len() < 1000 {
+            all.push(seen.clone());
+        }
     }
+    tokio::time::sleep(shared.latency).await;
     let _ = axum::body::to_bytes(body, 1 << 20).await;
     if !authorized {
         return (

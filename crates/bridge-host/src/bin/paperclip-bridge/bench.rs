@@ -1,0 +1,305 @@
+//! `paperclip-bridge bench` (hidden; run it with `cargo xtask bench bridge`): the bridge end
+//! to end per transport, with an injected exec latency `d` and upstream latency `u`. The
+//! load runs inside the sandbox (`paperclip-bridge load`); every answer must be a 200.
+//! Prints a Markdown table, then the same figures as one JSON line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bridge_host::deploy::{Bridge, BridgeConfig, BridgeHandle, TransportKind};
+use bridge_host::proxy::{Secret, Upstream};
+use bridge_host::runner::{DelayRunner, LocalRunner, NetnsSandbox, Runner, Spawn};
+use clap::Args;
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// The gateway binary (the static dist build is what ships).
+    #[arg(long, value_name = "PATH")]
+    pub gateway_bin: PathBuf,
+    /// Seconds of idle time to count execs over.
+    #[arg(long, default_value_t = 10)]
+    pub idle_seconds: u64,
+    /// Seconds of concurrent load.
+    #[arg(long, default_value_t = 5)]
+    pub load_seconds: u64,
+}
+
+/// One cell of the matrix.
+struct Cell {
+    transport: &'static str,
+    d: u64,
+    u: u64,
+}
+
+const MATRIX: &[Cell] = &[
+    Cell {
+        transport: "helper",
+        d: 0,
+        u: 0,
+    },
+    Cell {
+        transport: "helper",
+        d: 0,
+        u: 50,
+    },
+    Cell {
+        transport: "helper",
+        d: 25,
+        u: 0,
+    },
+    Cell {
+        transport: "helper",
+        d: 25,
+        u: 50,
+    },
+    Cell {
+        transport: "posix",
+        d: 0,
+        u: 0,
+    },
+    Cell {
+        transport: "posix",
+        d: 0,
+        u: 50,
+    },
+    Cell {
+        transport: "posix",
+        d: 25,
+        u: 0,
+    },
+    Cell {
+        transport: "posix",
+        d: 25,
+        u: 50,
+    },
+    Cell {
+        transport: "shared-fs",
+        d: 0,
+        u: 0,
+    },
+    Cell {
+        transport: "shared-fs",
+        d: 0,
+        u: 50,
+    },
+];
+
+pub async fn bench(args: BenchArgs) -> Result<ExitCode> {
+    let mut rows = Vec::new();
+    for cell in MATRIX {
+        eprintln!("bench: {} d={}ms u={}ms", cell.transport, cell.d, cell.u);
+        rows.push(
+            run_cell(&args, cell)
+                .await
+                .with_context(|| format!("{} d={} u={}", cell.transport, cell.d, cell.u))?,
+        );
+    }
+    print_table(&rows);
+    println!("{}", json!({ "cores": cores(), "rows": rows }));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_cell(args: &BenchArgs, cell: &Cell) -> Result<Value> {
+    let upstream = crate::demo::upstream::DemoUpstream::start_with_latency(
+        "bench-key".into(),
+        Duration::from_millis(cell.u),
+    )
+    .await?;
+    let dir = std::env::temp_dir().join(format!(
+        "pcb-bench-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let (runner, netns): (Arc<dyn Runner>, Option<Arc<NetnsSandbox>>) =
+        if cell.transport == "shared-fs" {
+            (Arc::new(LocalRunner), None)
+        } else {
+            let sandbox = Arc::new(NetnsSandbox::create(&dir).await?);
+            (
+                Arc::new(DelayRunner::new(
+                    sandbox.clone(),
+                    Duration::from_millis(cell.d),
+                )),
+                Some(sandbox),
+            )
+        };
+    let client = Upstream::new(
+        &upstream.url(),
+        Secret::new("bench-key".into()),
+        None,
+        Duration::from_secs(30),
+    )?;
+    let mut config = BridgeConfig::new(args.gateway_bin.clone(), dir.clone(), client);
+    config.transport = match cell.transport {
+        "helper" => TransportKind::Helper,
+        "posix" => TransportKind::Posix,
+        _ => TransportKind::SharedFs,
+    };
+    config.worker.concurrency = 16;
+    config.max_queue_depth = 256;
+    // Warm the binary cache so start-up measures the start, not the upload.
+    Bridge::start(runner.clone(), config.clone())
+        .await?
+        .stop()
+        .await?;
+    let started = Instant::now();
+    let bridge = Bridge::start(runner.clone(), config).await?;
+    let startup_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let result = measure(args, cell, &runner, &bridge, &dir, startup_ms).await;
+    bridge.stop().await?;
+    if let Some(sandbox) = netns {
+        sandbox.destroy().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn measure(
+    args: &BenchArgs,
+    cell: &Cell,
+    runner: &Arc<dyn Runner>,
+    bridge: &BridgeHandle,
+    dir: &std::path::Path,
+    startup_ms: f64,
+) -> Result<Value> {
+    let gateway_pid = bridge.ready().pid;
+    let execs = || bridge.worker().exec_count();
+    let before = execs();
+    let seq = load(runner, bridge, dir, &["--sequential", "60"]).await?;
+    let seq_execs = (execs() - before) as f64 / 60.0;
+    let mut seq_lat = latencies(&seq)?;
+    seq_lat.drain(..10.min(seq_lat.len()));
+    let before = execs();
+    let sampler = tokio::spawn(async move {
+        let mut peak = 0;
+        for _ in 0..100 {
+            peak = peak.max(rss_kib(gateway_pid));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        peak
+    });
+    let seconds = args.load_seconds.to_string();
+    let conc = load(
+        runner,
+        bridge,
+        dir,
+        &["--concurrency", "16", "--seconds", &seconds],
+    )
+    .await?;
+    let gw_loaded = sampler.await.unwrap_or(0);
+    let conc_lat = latencies(&conc)?;
+    let conc_n = conc_lat.len();
+    let load_execs = (execs() - before) as f64 / conc_n.max(1) as f64;
+    let throughput = conc_n as f64 / conc["seconds"].as_f64().unwrap_or(1.0);
+    let idle = if cell.u == 0 {
+        let before = execs();
+        tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+        Some((execs() - before) as f64 / args.idle_seconds as f64)
+    } else {
+        None
+    };
+    Ok(json!({
+        "transport": cell.transport, "d_ms": cell.d, "u_ms": cell.u,
+        "seq_p50_ms": pct(&seq_lat, 50), "seq_p95_ms": pct(&seq_lat, 95), "seq_p99_ms": pct(&seq_lat, 99),
+        "c16_req_per_s": throughput, "c16_p50_ms": pct(&conc_lat, 50), "c16_p99_ms": pct(&conc_lat, 99),
+        "execs_per_req_seq": seq_execs, "execs_per_req_c16": load_execs, "idle_execs_per_s": idle,
+        "gateway_rss_idle_kib": rss_kib(gateway_pid), "gateway_rss_loaded_kib": gw_loaded,
+        "host_rss_kib": rss_kib(std::process::id()), "startup_ms": startup_ms,
+    }))
+}
+
+/// Runs the load generator inside the sandbox as an agent and returns its JSON.
+async fn load(
+    runner: &Arc<dyn Runner>,
+    bridge: &BridgeHandle,
+    dir: &std::path::Path,
+    args: &[&str],
+) -> Result<Value> {
+    let exe = std::env::current_exe()?;
+    let mut words = vec![exe.to_string_lossy().into_owned(), "load".into()];
+    words.extend(args.iter().map(|s| s.to_string()));
+    let child = runner.spawn(Spawn {
+        script: format!("exec {}", bridge_host::shell::join(&words)),
+        env: bridge.agent_env(),
+        cwd: Some(dir.to_path_buf()),
+        inherit_output: false,
+    })?;
+    let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output()).await??;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value: Value = serde_json::from_str(text.trim()).with_context(|| {
+        format!(
+            "load output: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    if value["errors"].as_u64() != Some(0) {
+        bail!("the load saw {} failed requests", value["errors"]);
+    }
+    Ok(value)
+}
+
+fn latencies(value: &Value) -> Result<Vec<f64>> {
+    let mut l: Vec<f64> = value["latencies_ms"]
+        .as_array()
+        .context("no latencies")?
+        .iter()
+        .filter_map(Value::as_f64)
+        .collect();
+    l.sort_by(f64::total_cmp);
+    Ok(l)
+}
+
+fn pct(sorted: &[f64], p: usize) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) * p / 100).min(sorted.len() - 1)]
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")
+                    .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0))
+            })
+        })
+        .unwrap_or(0)
+}
+
+fn rand_suffix() -> String {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn print_table(rows: &[Value]) {
+    println!("| transport | d | u | seq p50 / p95 / p99 (ms) | c=16 req/s | c=16 p50 / p99 (ms) | execs/req seq | execs/req c=16 | idle execs/s | gateway RSS idle / loaded | host RSS | start-up |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        let idle = r["idle_execs_per_s"]
+            .as_f64()
+            .map(|v| format!("{v:.2}"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "| {} | {} ms | {} ms | {:.1} / {:.1} / {:.1} | {:.0} | {:.1} / {:.1} | {:.2} | {:.2} | {} | {:.1} / {:.1} MiB | {:.1} MiB | {:.0} ms |",
+            r["transport"].as_str().unwrap_or("?"), r["d_ms"], r["u_ms"],
+            f("seq_p50_ms"), f("seq_p95_ms"), f("seq_p99_ms"), f("c16_req_per_s"), f("c16_p50_ms"), f("c16_p99_ms"),
+            f("execs_per_req_seq"), f("execs_per_req_c16"), idle,
+            f("gateway_rss_idle_kib") / 1024.0, f("gateway_rss_loaded_kib") / 1024.0, f("host_rss_kib") / 1024.0, f("startup_ms"),
+        );
+    }
+}

@@ -1,0 +1,87 @@
+//! `paperclip-bridge load` (hidden): the benchmark's load generator. It runs inside the
+//! sandbox, like an agent, and prints what it measured as one JSON line.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// Requests one after another (ignored with --concurrency).
+    #[arg(long, default_value_t = 60)]
+    pub sequential: usize,
+    /// Callers at once, each looping for --seconds.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+}
+
+pub async fn load(args: LoadArgs) -> Result<ExitCode> {
+    let base = std::env::var("PAPERCLIP_API_URL").context("PAPERCLIP_API_URL is not set")?;
+    let token = std::env::var("PAPERCLIP_API_KEY").context("PAPERCLIP_API_KEY is not set")?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let url = format!("{base}/api/agents/me");
+    let started = Instant::now();
+    let (latencies, errors) = match args.concurrency {
+        None => caller(&client, &url, &token, Some(args.sequential), None).await,
+        Some(c) => {
+            let until = Instant::now() + Duration::from_secs(args.seconds);
+            let tasks: Vec<_> = (0..c)
+                .map(|_| {
+                    let (client, url, token) = (client.clone(), url.clone(), token.clone());
+                    tokio::spawn(
+                        async move { caller(&client, &url, &token, None, Some(until)).await },
+                    )
+                })
+                .collect();
+            let mut all = (Vec::new(), 0);
+            for task in tasks {
+                let (l, e) = task.await?;
+                all.0.extend(l);
+                all.1 += e;
+            }
+            all
+        }
+    };
+    let line = serde_json::json!({
+        "latencies_ms": latencies,
+        "errors": errors,
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    println!("{line}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Calls until `count` requests or `until`; every answer must be a 200 with a body.
+async fn caller(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    count: Option<usize>,
+    until: Option<Instant>,
+) -> (Vec<f64>, usize) {
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    let mut done = 0;
+    loop {
+        if count.is_some_and(|n| done >= n) || until.is_some_and(|t| Instant::now() >= t) {
+            return (latencies, errors);
+        }
+        let started = Instant::now();
+        let ok = match client.get(url).bearer_auth(token).send().await {
+            Ok(r) if r.status() == 200 => r.bytes().await.is_ok_and(|b| !b.is_empty()),
+            _ => false,
+        };
+        if ok {
+            latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+        } else {
+            errors += 1;
+        }
+        done += 1;
+    }
+}
