@@ -87,6 +87,25 @@ pub enum TransportError {
     Io(#[from] std::io::Error),
 }
 
+/// Runs one transport exec: a time-out or a non-zero exit is an error (the worker retries).
+pub(crate) async fn checked_exec(
+    runner: &dyn crate::runner::Runner,
+    exec: crate::runner::Exec,
+) -> Result<crate::runner::ExecOutput, TransportError> {
+    let timeout = exec.timeout;
+    let out = runner.exec(exec).await?;
+    if out.timed_out {
+        return Err(TransportError::TimedOut(timeout));
+    }
+    if out.code != Some(0) {
+        return Err(TransportError::Failed {
+            code: out.code,
+            stderr: out.stderr_text(),
+        });
+    }
+    Ok(out)
+}
+
 /// The worker's view of one queue directory.
 pub trait Transport: Send + Sync + std::fmt::Debug {
     /// Returns pending requests (claiming each), waiting up to `opts.wait` for the first.

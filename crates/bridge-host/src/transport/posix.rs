@@ -142,18 +142,7 @@ impl PosixTransport {
 
     async fn exec(&self, exec: Exec) -> Result<ExecOutput, TransportError> {
         self.execs.fetch_add(1, Ordering::Relaxed);
-        let timeout = exec.timeout;
-        let out = self.runner.exec(exec).await?;
-        if out.timed_out {
-            return Err(TransportError::TimedOut(timeout));
-        }
-        if out.code != Some(0) {
-            return Err(TransportError::Failed {
-                code: out.code,
-                stderr: out.stderr_text(),
-            });
-        }
-        Ok(out)
+        super::checked_exec(self.runner.as_ref(), exec).await
     }
 
     fn queue(&self) -> String {
