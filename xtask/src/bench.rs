@@ -25,13 +25,14 @@ const PER_CALLER: usize = 50;
 pub fn main(args: &[String]) -> Result<()> {
     match args {
         [what] if what == "gateway" => gateway(),
-        [what] if what == "bridge" => bridge(),
-        _ => bail!("usage: cargo xtask bench gateway|bridge"),
+        [what] if what == "bridge" => bridge(&[]),
+        [what, flag] if what == "bridge" && flag == "--scale" => bridge(&["--scale"]),
+        _ => bail!("usage: cargo xtask bench gateway | bridge [--scale]"),
     }
 }
 
 /// The whole bridge per transport and latency: an optimised CLI runs the matrix.
-fn bridge() -> Result<()> {
+fn bridge(extra: &[&str]) -> Result<()> {
     let binary = dist::build("x86_64-unknown-linux-musl")?;
     crate::run(crate::cargo().args([
         "build",
@@ -47,6 +48,7 @@ fn bridge() -> Result<()> {
     crate::run(
         Command::new(cli)
             .arg("bench")
+            .args(extra)
             .arg("--gateway-bin")
             .arg(binary)
             .env("RUST_LOG", "warn"),

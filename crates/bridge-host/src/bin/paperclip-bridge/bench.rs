@@ -26,6 +26,9 @@ pub struct BenchArgs {
     /// Seconds of concurrent load.
     #[arg(long, default_value_t = 5)]
     pub load_seconds: u64,
+    /// Measure how cost grows with 1, 10 and 100 bridges instead of the matrix.
+    #[arg(long)]
+    pub scale: bool,
 }
 
 /// One cell of the matrix.
@@ -89,6 +92,12 @@ const MATRIX: &[Cell] = &[
 ];
 
 pub async fn bench(args: BenchArgs) -> Result<ExitCode> {
+    if args.scale {
+        let rows = crate::bench_scale::scale(&args).await?;
+        crate::bench_scale::print_table(&rows);
+        println!("{}", json!({ "cores": cores(), "scale": rows }));
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut rows = Vec::new();
     for cell in MATRIX {
         eprintln!("bench: {} d={}ms u={}ms", cell.transport, cell.d, cell.u);

@@ -4,6 +4,7 @@
 mod agent_env;
 mod args;
 mod bench;
+mod bench_scale;
 mod demo;
 mod load;
 mod run;

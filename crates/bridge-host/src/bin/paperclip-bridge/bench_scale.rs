@@ -1,0 +1,131 @@
+//! `paperclip-bridge bench --scale`: how cost grows with the number of sandboxes one host
+//! process serves. N namespace sandboxes, each with its bridge (helper transport), all in
+//! this process; every sandbox runs 2 callers for the load time at once.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use bridge_host::deploy::{Bridge, BridgeConfig, BridgeHandle};
+use bridge_host::proxy::{Secret, Upstream};
+use bridge_host::runner::{NetnsSandbox, Runner, Spawn};
+use serde_json::{json, Value};
+
+use crate::bench::BenchArgs;
+
+/// Sandbox counts measured.
+const SIZES: &[usize] = &[1, 10, 100];
+
+pub async fn scale(args: &BenchArgs) -> Result<Vec<Value>> {
+    let mut rows = Vec::new();
+    for &n in SIZES {
+        eprintln!("bench: {n} bridges in one host process");
+        rows.push(run(args, n).await?);
+    }
+    Ok(rows)
+}
+
+async fn run(args: &BenchArgs, n: usize) -> Result<Value> {
+    let upstream = crate::demo::upstream::DemoUpstream::start("scale-key".into()).await?;
+    let root = std::env::temp_dir().join(format!("pcb-scale-{}", std::process::id()));
+    let rss_before = rss_kib();
+    let started = Instant::now();
+    let mut fleet: Vec<(Arc<NetnsSandbox>, BridgeHandle, PathBuf)> = Vec::new();
+    for i in 0..n {
+        let dir = root.join(i.to_string());
+        std::fs::create_dir_all(&dir)?;
+        let sandbox = Arc::new(NetnsSandbox::create(&dir).await?);
+        let client = Upstream::new(
+            &upstream.url(),
+            Secret::new("scale-key".into()),
+            None,
+            Duration::from_secs(30),
+        )?;
+        let config = BridgeConfig::new(args.gateway_bin.clone(), dir.clone(), client);
+        let bridge = Bridge::start(sandbox.clone(), config).await?;
+        fleet.push((sandbox, bridge, dir));
+    }
+    let deploy_s = started.elapsed().as_secs_f64();
+    let rss_idle = rss_kib();
+    let seconds = args.load_seconds.to_string();
+    let mut children = Vec::new();
+    for (sandbox, bridge, dir) in &fleet {
+        let exe = std::env::current_exe()?;
+        let words = [
+            exe.to_string_lossy().into_owned(),
+            "load".into(),
+            "--concurrency".into(),
+            "2".into(),
+            "--seconds".into(),
+            seconds.clone(),
+        ];
+        children.push(sandbox.spawn(Spawn {
+            script: format!("exec {}", bridge_host::shell::join(&words)),
+            env: bridge.agent_env(),
+            cwd: Some(dir.clone()),
+            inherit_output: false,
+        })?);
+    }
+    let sampler = tokio::spawn(async {
+        let mut peak = 0;
+        for _ in 0..200 {
+            peak = peak.max(rss_kib());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        peak
+    });
+    let (mut requests, mut errors) = (0usize, 0u64);
+    for child in children {
+        let out =
+            tokio::time::timeout(Duration::from_secs(300), child.wait_with_output()).await??;
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        requests += v["latencies_ms"].as_array().map_or(0, Vec::len);
+        errors += v["errors"].as_u64().unwrap_or(1);
+    }
+    let rss_loaded = sampler.await.unwrap_or(0);
+    for (sandbox, bridge, _) in fleet {
+        bridge.stop().await?;
+        sandbox.destroy().await;
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    if errors > 0 {
+        bail!("{errors} failed requests with {n} bridges");
+    }
+    Ok(json!({
+        "bridges": n,
+        "req_per_s": requests as f64 / args.load_seconds as f64,
+        "deploy_s": deploy_s,
+        "host_rss_before_kib": rss_before,
+        "host_rss_idle_kib": rss_idle,
+        "host_rss_loaded_kib": rss_loaded,
+    }))
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")
+                    .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0))
+            })
+        })
+        .unwrap_or(0)
+}
+
+pub fn print_table(rows: &[Value]) {
+    println!("\n| bridges in one host process | total req/s (2 callers each, 5 s) | deploy all | host RSS idle / loaded |");
+    println!("|---|---|---|---|");
+    for r in rows {
+        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "| {} | {:.0} | {:.1} s | {:.1} / {:.1} MiB |",
+            r["bridges"],
+            f("req_per_s"),
+            f("deploy_s"),
+            f("host_rss_idle_kib") / 1024.0,
+            f("host_rss_loaded_kib") / 1024.0
+        );
+    }
+}
