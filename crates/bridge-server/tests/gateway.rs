@@ -397,3 +397,55 @@ fn queue_files_are_owner_only_and_a_caller_who_leaves_withdraws_its_request() {
         entries(&requests).is_empty()
     });
 }
+
+#[test]
+fn a_huge_request_head_is_refused_and_the_gateway_lives_on() {
+    use std::io::{Read as _, Write as _};
+    let gateway = Gateway::start(&[]);
+    let _host = Host::start(gateway.queue(), echo);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", gateway.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let huge = format!(
+        "GET /api/agents/me HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(200 * 1024)
+    );
+    let _ = stream.write_all(huge.as_bytes());
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let head = String::from_utf8_lossy(&answer);
+    assert!(
+        head.is_empty() || head.starts_with("HTTP/1.1 431"),
+        "{head}"
+    );
+    assert_eq!(
+        gateway.call("GET", "/api/agents/me", &[], b"").status,
+        200,
+        "still serving"
+    );
+}
+
+#[test]
+fn a_client_that_never_sends_its_head_is_cut_off() {
+    use std::io::Read as _;
+    let gateway = Gateway::start(&[]);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", gateway.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    std::io::Write::write_all(&mut stream, b"GET /api/agents/me HTTP/1.1\r\n").unwrap();
+    // The gateway closes the connection after its 10 s header read timeout; the read
+    // returns (end of stream or a 408) well before our own 30 s bound.
+    let mut buf = Vec::new();
+    let result = stream.read_to_end(&mut buf);
+    assert!(
+        result.is_ok(),
+        "the connection was never closed: {result:?}"
+    );
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+}
