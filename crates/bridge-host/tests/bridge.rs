@@ -282,20 +282,6 @@ fn sandbox_pids(sandbox: &NetnsSandbox) -> Vec<String> {
         .collect()
 }
 
-fn cmdlines_containing(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.bytes().all(|b| b.is_ascii_digit()) {
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(needle) {
-                found.push(name);
-            }
-        }
-    }
-    found
-}
-
 #[tokio::test]
 async fn a_gateway_that_dies_at_start_is_reported_with_its_log() {
     let recorder = Recorder::start().await;

@@ -16,22 +16,6 @@ use bridge_host::transport::{
 };
 use common::*;
 
-fn opts() -> TakeOptions {
-    TakeOptions {
-        wait: Duration::ZERO,
-        max_batch_bytes: 1 << 20,
-        envelope_limit: 1 << 20,
-        include_claimed: false,
-    }
-}
-
-fn queue() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("requests")).unwrap();
-    std::fs::create_dir_all(dir.path().join("responses")).unwrap();
-    dir
-}
-
 fn local(q: &Path) -> HelperTransport {
     HelperTransport::new(
         Arc::new(LocalRunner),
@@ -43,7 +27,7 @@ fn local(q: &Path) -> HelperTransport {
 
 #[tokio::test]
 async fn take_claims_recovers_and_keeps_bytes_exact() {
-    let dir = queue();
+    let dir = queue_dir();
     let q = dir.path();
     let json = request_json(
         "h1",
@@ -59,7 +43,7 @@ async fn take_claims_recovers_and_keeps_bytes_exact() {
     let got = t
         .take(TakeOptions {
             envelope_limit: 2000,
-            ..opts()
+            ..take_opts()
         })
         .await
         .unwrap();
@@ -68,13 +52,13 @@ async fn take_claims_recovers_and_keeps_bytes_exact() {
     assert_eq!(by_id("h1").file.unwrap(), format!("{json}\n").into_bytes());
     assert_eq!(by_id("big").file, Err(TakeProblem::TooLarge { size: 3001 }));
     assert!(
-        t.take(opts()).await.unwrap().is_empty(),
+        t.take(take_opts()).await.unwrap().is_empty(),
         "claimed requests are not taken twice"
     );
     let again = t
         .take(TakeOptions {
             include_claimed: true,
-            ..opts()
+            ..take_opts()
         })
         .await
         .unwrap();
@@ -84,7 +68,7 @@ async fn take_claims_recovers_and_keeps_bytes_exact() {
 
 #[tokio::test]
 async fn the_long_poll_wakes_when_a_request_lands() {
-    let dir = queue();
+    let dir = queue_dir();
     let q = dir.path().to_path_buf();
     let t = local(&q);
     let writer = {
@@ -96,7 +80,7 @@ async fn the_long_poll_wakes_when_a_request_lands() {
     };
     let wait = TakeOptions {
         wait: Duration::from_secs(20),
-        ..opts()
+        ..take_opts()
     };
     let got = tokio::time::timeout(Duration::from_secs(10), t.take(wait))
         .await
@@ -108,12 +92,12 @@ async fn the_long_poll_wakes_when_a_request_lands() {
 
 #[tokio::test]
 async fn put_writes_only_while_the_caller_waits() {
-    let dir = queue();
+    let dir = queue_dir();
     let q = dir.path();
     write_request(q, "w1", "{}");
     write_request(q, "w2", "{}");
     let t = local(q);
-    t.take(opts()).await.unwrap();
+    t.take(take_opts()).await.unwrap();
     std::fs::remove_file(q.join("requests/w2.json")).unwrap();
     let big: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
     let results = t
@@ -146,7 +130,7 @@ async fn put_writes_only_while_the_caller_waits() {
     assert!(t
         .take(TakeOptions {
             include_claimed: true,
-            ..opts()
+            ..take_opts()
         })
         .await
         .unwrap()
@@ -174,7 +158,7 @@ async fn it_works_inside_a_namespace_sandbox() {
         gateway_bin(),
         Duration::from_secs(20),
     );
-    let got = t.take(opts()).await.unwrap();
+    let got = t.take(take_opts()).await.unwrap();
     assert_eq!(
         got[0].file.as_deref().unwrap(),
         format!("{json}\n").as_bytes()

@@ -26,25 +26,9 @@ fn transport(queue: &Path) -> PosixTransport {
     )
 }
 
-fn opts() -> TakeOptions {
-    TakeOptions {
-        wait: Duration::ZERO,
-        max_batch_bytes: 1 << 20,
-        envelope_limit: 1 << 20,
-        include_claimed: false,
-    }
-}
-
-fn queue() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("requests")).unwrap();
-    std::fs::create_dir_all(dir.path().join("responses")).unwrap();
-    dir
-}
-
 #[tokio::test]
 async fn take_returns_exact_bytes_claims_them_and_skips_junk() {
-    let dir = queue();
+    let dir = queue_dir();
     let q = dir.path();
     let json = request_json("a1", "GET", "/api/agents/me", "{}", r#""é \" \\n""#);
     write_request(q, "a1", &json);
@@ -58,7 +42,7 @@ async fn take_returns_exact_bytes_claims_them_and_skips_junk() {
         std::fs::write(q.join("requests").join(junk), b"{}").unwrap();
     }
     let t = transport(q);
-    let got = t.take(opts()).await.unwrap();
+    let got = t.take(take_opts()).await.unwrap();
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].id, "a1");
     assert_eq!(
@@ -68,13 +52,13 @@ async fn take_returns_exact_bytes_claims_them_and_skips_junk() {
     assert!(!got[0].previously_claimed);
     assert!(q.join("requests/a1.claimed").exists());
     assert!(
-        t.take(opts()).await.unwrap().is_empty(),
+        t.take(take_opts()).await.unwrap().is_empty(),
         "claimed requests are not taken twice"
     );
     let again = t
         .take(TakeOptions {
             include_claimed: true,
-            ..opts()
+            ..take_opts()
         })
         .await
         .unwrap();
@@ -84,14 +68,14 @@ async fn take_returns_exact_bytes_claims_them_and_skips_junk() {
 
 #[tokio::test]
 async fn too_large_files_and_batches_are_bounded() {
-    let dir = queue();
+    let dir = queue_dir();
     let q = dir.path();
     write_request(q, "big", &"x".repeat(5000));
     let t = transport(q);
     let got = t
         .take(TakeOptions {
             envelope_limit: 1000,
-            ..opts()
+            ..take_opts()
         })
         .await
         .unwrap();
@@ -102,18 +86,18 @@ async fn too_large_files_and_batches_are_bounded() {
     let first = t
         .take(TakeOptions {
             max_batch_bytes: 250,
-            ..opts()
+            ..take_opts()
         })
         .await
         .unwrap();
     assert_eq!(first.len(), 2, "two 100-byte files fit in 250");
-    let rest = t.take(opts()).await.unwrap();
+    let rest = t.take(take_opts()).await.unwrap();
     assert_eq!(rest.len(), 3);
 }
 
 #[tokio::test]
 async fn a_long_poll_returns_as_soon_as_a_request_arrives() {
-    let dir = queue();
+    let dir = queue_dir();
     let q = dir.path().to_path_buf();
     let t = transport(&q);
     let writer = {
@@ -127,7 +111,7 @@ async fn a_long_poll_returns_as_soon_as_a_request_arrives() {
         Duration::from_secs(8),
         t.take(TakeOptions {
             wait: Duration::from_secs(10),
-            ..opts()
+            ..take_opts()
         }),
     )
     .await
@@ -140,12 +124,12 @@ async fn a_long_poll_returns_as_soon_as_a_request_arrives() {
 
 #[tokio::test]
 async fn deliver_writes_only_while_the_caller_waits() {
-    let dir = queue();
+    let dir = queue_dir();
     let q = dir.path();
     write_request(q, "w1", "{}");
     write_request(q, "w2", "{}");
     let t = transport(q);
-    t.take(opts()).await.unwrap();
+    t.take(take_opts()).await.unwrap();
     std::fs::remove_file(q.join("requests/w2.json")).unwrap(); // w2's caller gave up
     let results = t
         .deliver(vec![
@@ -182,7 +166,7 @@ async fn deliver_writes_only_while_the_caller_waits() {
     assert!(
         t.take(TakeOptions {
             include_claimed: true,
-            ..opts()
+            ..take_opts()
         })
         .await
         .unwrap()
@@ -195,7 +179,7 @@ async fn deliver_writes_only_while_the_caller_waits() {
 #[tokio::test]
 async fn a_missing_queue_is_an_error_not_an_empty_batch() {
     let t = transport(Path::new("/nonexistent/queue"));
-    assert!(t.take(opts()).await.is_err());
+    assert!(t.take(take_opts()).await.is_err());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -371,7 +355,7 @@ async fn exact_bytes_claims_and_recovery(fx: &Fixture) {
     let opts = TakeOptions {
         max_batch_bytes: 8 << 20,
         envelope_limit: 8 << 20,
-        ..opts()
+        ..take_opts()
     };
     let mut got = t.take(opts).await.unwrap();
     got.sort_by(|a, b| a.id.cmp(&b.id));
@@ -414,12 +398,15 @@ async fn names_sizes_batches_and_order(fx: &Fixture) {
         b"",
     )
     .await;
-    assert!(t.take(opts()).await.unwrap().is_empty(), "junk was taken");
+    assert!(
+        t.take(take_opts()).await.unwrap().is_empty(),
+        "junk was taken"
+    );
     fx.write_request("big", &vec![b'x'; 5000]).await;
     let got = t
         .take(TakeOptions {
             envelope_limit: 1000,
-            ..opts()
+            ..take_opts()
         })
         .await
         .unwrap();
@@ -438,7 +425,7 @@ async fn names_sizes_batches_and_order(fx: &Fixture) {
     let first = t
         .take(TakeOptions {
             max_batch_bytes: 250,
-            ..opts()
+            ..take_opts()
         })
         .await
         .unwrap();
@@ -447,7 +434,7 @@ async fn names_sizes_batches_and_order(fx: &Fixture) {
     let rest = t
         .take(TakeOptions {
             max_batch_bytes: 1,
-            ..opts()
+            ..take_opts()
         })
         .await
         .unwrap();
@@ -457,7 +444,7 @@ async fn names_sizes_batches_and_order(fx: &Fixture) {
         "one request even when it alone exceeds the batch"
     );
     assert_eq!(rest[0].id, "m0");
-    assert_eq!(t.take(opts()).await.unwrap().len(), 2);
+    assert_eq!(t.take(take_opts()).await.unwrap().len(), 2);
     assert_eq!(t.exec_count(), 5);
 }
 
@@ -465,7 +452,7 @@ async fn long_poll_wakes_on_arrival(fx: &Fixture) {
     let t = fx.transport();
     let take = t.take(TakeOptions {
         wait: Duration::from_secs(30),
-        ..opts()
+        ..take_opts()
     });
     let arrive = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -488,7 +475,7 @@ async fn delivery_only_while_the_caller_waits(fx: &Fixture) {
     for id in ["d1", "d2", "d3"] {
         fx.write_request(id, b"{}\n").await;
     }
-    assert_eq!(t.take(opts()).await.unwrap().len(), 3);
+    assert_eq!(t.take(take_opts()).await.unwrap().len(), 3);
     fx.sh("rm requests/d2.json", b"").await; // d2's caller gave up
     let big: Vec<u8> = (0..5u32 << 20).map(|i| (i % 253) as u8).collect();
     let results = t
@@ -527,7 +514,7 @@ async fn delivery_only_while_the_caller_waits(fx: &Fixture) {
     assert_eq!(fx.list("requests").await, Vec::<String>::new());
     let recovery = TakeOptions {
         include_claimed: true,
-        ..opts()
+        ..take_opts()
     };
     assert!(
         t.take(recovery).await.unwrap().is_empty(),
@@ -567,7 +554,7 @@ impl Runner for Nonsense {
 #[tokio::test]
 async fn nonsense_from_the_sandbox_is_an_error() {
     let t = PosixTransport::new(Arc::new(Nonsense), PathBuf::from("q"), T);
-    let take = t.take(opts()).await;
+    let take = t.take(take_opts()).await;
     assert!(matches!(take, Err(TransportError::Garbled(_))), "{take:?}");
     let deliver = t
         .deliver(vec![Outgoing {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::Read as _;
+use common::cmdlines_containing;
 use std::time::Duration;
 
 use bridge_host::runner::{
@@ -167,28 +167,6 @@ async fn wait_gone(pid: u32) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("process {pid} survived destroy");
-}
-
-/// Pids whose command line contains `needle`.
-pub fn cmdlines_containing(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let mut cmdline = Vec::new();
-        if let Ok(mut f) = std::fs::File::open(entry.path().join("cmdline")) {
-            let _ = f.read_to_end(&mut cmdline);
-        }
-        if String::from_utf8_lossy(&cmdline).contains(needle) {
-            found.push(format!(
-                "{name}: {}",
-                String::from_utf8_lossy(&cmdline).replace('\0', " ")
-            ));
-        }
-    }
-    found
 }
 
 #[tokio::test]

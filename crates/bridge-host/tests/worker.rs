@@ -61,14 +61,6 @@ fn start_on(
     )
 }
 
-fn queue_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for sub in ["requests", "responses"] {
-        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
-    }
-    dir
-}
-
 #[tokio::test]
 async fn hand_written_requests_are_forwarded_with_the_real_credential_only() {
     let recorder = Recorder::start().await;

@@ -193,3 +193,38 @@ pub async fn response(queue: &Path, id: &str) -> bridge_protocol::ResponseFile {
         .await
         .unwrap()
 }
+
+/// Take options for tests: no wait, 1 MiB batches and envelopes, no recovery.
+pub fn take_opts() -> bridge_host::transport::TakeOptions {
+    bridge_host::transport::TakeOptions {
+        wait: Duration::ZERO,
+        max_batch_bytes: 1 << 20,
+        envelope_limit: 1 << 20,
+        include_claimed: false,
+    }
+}
+
+/// A temporary queue directory with `requests/` and `responses/`.
+pub fn queue_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("requests")).unwrap();
+    std::fs::create_dir_all(dir.path().join("responses")).unwrap();
+    dir
+}
+
+/// `pid: argv` of every process whose command line contains `needle`.
+pub fn cmdlines_containing(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&cmdline);
+        if text.contains(needle) {
+            found.push(format!("{name}: {}", text.replace('\0', " ")));
+        }
+    }
+    found
+}

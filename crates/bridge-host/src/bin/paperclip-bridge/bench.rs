@@ -270,7 +270,8 @@ fn pct(sorted: &[f64], p: usize) -> f64 {
     sorted[((sorted.len() - 1) * p / 100).min(sorted.len() - 1)]
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// Resident memory of `pid` in KiB (0 when it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

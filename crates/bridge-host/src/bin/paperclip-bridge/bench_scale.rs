@@ -12,7 +12,12 @@ use bridge_host::proxy::{Secret, Upstream};
 use bridge_host::runner::{NetnsSandbox, Runner, Spawn};
 use serde_json::{json, Value};
 
-use crate::bench::BenchArgs;
+use crate::bench::{rss_kib, BenchArgs};
+
+/// This process's resident memory.
+fn host_rss() -> u64 {
+    rss_kib(std::process::id())
+}
 
 /// Sandbox counts measured.
 const SIZES: &[usize] = &[1, 10, 100];
@@ -29,7 +34,7 @@ pub async fn scale(args: &BenchArgs) -> Result<Vec<Value>> {
 async fn run(args: &BenchArgs, n: usize) -> Result<Value> {
     let upstream = crate::demo::upstream::DemoUpstream::start("scale-key".into()).await?;
     let root = std::env::temp_dir().join(format!("pcb-scale-{}", std::process::id()));
-    let rss_before = rss_kib();
+    let rss_before = host_rss();
     let started = Instant::now();
     let mut fleet: Vec<(Arc<NetnsSandbox>, BridgeHandle, PathBuf)> = Vec::new();
     for i in 0..n {
@@ -47,7 +52,7 @@ async fn run(args: &BenchArgs, n: usize) -> Result<Value> {
         fleet.push((sandbox, bridge, dir));
     }
     let deploy_s = started.elapsed().as_secs_f64();
-    let rss_idle = rss_kib();
+    let rss_idle = host_rss();
     let seconds = args.load_seconds.to_string();
     let mut children = Vec::new();
     for (sandbox, bridge, dir) in &fleet {
@@ -70,7 +75,7 @@ async fn run(args: &BenchArgs, n: usize) -> Result<Value> {
     let sampler = tokio::spawn(async {
         let mut peak = 0;
         for _ in 0..200 {
-            peak = peak.max(rss_kib());
+            peak = peak.max(host_rss());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         peak
@@ -100,18 +105,6 @@ async fn run(args: &BenchArgs, n: usize) -> Result<Value> {
         "host_rss_idle_kib": rss_idle,
         "host_rss_loaded_kib": rss_loaded,
     }))
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:")
-                    .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0))
-            })
-        })
-        .unwrap_or(0)
 }
 
 pub fn print_table(rows: &[Value]) {
