@@ -17,7 +17,9 @@ use bridge_protocol::wire::{self, ReadyFile};
 use crate::policy::HostPolicy;
 use crate::proxy::Upstream;
 use crate::runner::{Exec, ExecOutput, Runner, RunnerError};
-use crate::transport::{HelperTransport, PosixTransport, SharedFsTransport, Transport};
+use crate::transport::{
+    HelperTransport, PosixTransport, SharedFsTransport, StreamTransport, Transport,
+};
 use crate::worker::{Worker, WorkerConfig, WorkerHandle};
 
 /// Bytes of the gateway binary sent per exec while uploading.
@@ -28,9 +30,13 @@ const SETUP_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
 /// How the worker reaches the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TransportKind {
-    /// The deployed gateway binary does the queue work (`take`/`put`), woken by inotify:
-    /// the fastest, and always available since the gateway is ours.
+    /// The deployed gateway binary does the queue work in one long-lived `session` exec
+    /// (takes and puts are messages on it): no exec per request. Needs a runner that can
+    /// stream; otherwise the bridge uses [`TransportKind::Helper`] and says so.
     #[default]
+    Stream,
+    /// The deployed gateway binary does the queue work (`take`/`put`), woken by inotify:
+    /// about one exec per request, and available with every runner.
     Helper,
     /// POSIX `sh` scripts over the runner's exec: works with any queue_v1 gateway.
     Posix,
@@ -69,7 +75,7 @@ impl BridgeConfig {
             upstream,
             policy: Arc::new(HostPolicy::default()),
             worker: WorkerConfig::default(),
-            transport: TransportKind::Helper,
+            transport: TransportKind::Stream,
             response_timeout: Duration::from_secs(30),
             max_queue_depth: 64,
             ready_timeout: Duration::from_secs(10),
@@ -160,7 +166,18 @@ impl Bridge {
         let ready =
             start_gateway(runner.as_ref(), &config, &queue_dir, &remote_binary, &token).await?;
         tracing::info!(url = %ready.base_url, pid = ready.pid, "gateway ready");
-        let transport: Arc<dyn Transport> = match config.transport {
+        let mut kind = config.transport;
+        if kind == TransportKind::Stream && !runner.capabilities().streaming {
+            tracing::info!("the runner cannot stream: using the exec-per-call helper transport");
+            kind = TransportKind::Helper;
+        }
+        let transport: Arc<dyn Transport> = match kind {
+            TransportKind::Stream => Arc::new(StreamTransport::new(
+                runner.clone(),
+                queue_dir.clone(),
+                remote_binary.clone(),
+                SETUP_EXEC_TIMEOUT,
+            )),
             TransportKind::Helper => Arc::new(HelperTransport::new(
                 runner.clone(),
                 queue_dir.clone(),

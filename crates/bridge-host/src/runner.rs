@@ -10,13 +10,15 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
+
 pub mod command;
 pub mod delay;
 mod exec;
 pub mod netns;
 
 pub use command::{CommandRunner, LocalRunner};
-pub use delay::DelayRunner;
+pub use delay::{delay_line, DelayRunner};
 pub use netns::NetnsSandbox;
 
 /// A boxed, sendable future, so runners can be used as `Arc<dyn Runner>`.
@@ -137,8 +139,27 @@ pub struct Spawn {
     pub script: String,
     pub env: Vec<(String, String)>,
     pub cwd: Option<PathBuf>,
-    /// Inherit this process's stdout/stderr (live output) instead of piping them.
+    /// Inherit this process's stdout/stderr (live output) instead of piping them
+    /// ([`Runner::spawn`] only: a stream always pipes them).
     pub inherit_output: bool,
+}
+
+/// A long-lived exec with live standard streams ([`Runner::stream`]): one exec that
+/// carries any number of messages, the streaming transport's channel.
+pub struct ExecStream {
+    pub stdin: Pin<Box<dyn AsyncWrite + Send>>,
+    pub stdout: Pin<Box<dyn AsyncRead + Send>>,
+    pub stderr: Pin<Box<dyn AsyncRead + Send>>,
+    /// The local process behind the stream; killed when dropped.
+    pub process: tokio::process::Child,
+}
+
+impl fmt::Debug for ExecStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExecStream")
+            .field("pid", &self.process.id())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The host's way into one sandbox.
@@ -148,6 +169,10 @@ pub trait Runner: Send + Sync + fmt::Debug {
 
     /// Starts a long-running script; only when `capabilities().streaming`.
     fn spawn(&self, spawn: Spawn) -> Result<tokio::process::Child, RunnerError>;
+
+    /// Starts a long-running script with piped stdin, stdout and stderr; only when
+    /// `capabilities().streaming` (else [`RunnerError::NoStreaming`]).
+    fn stream(&self, spawn: Spawn) -> BoxFuture<'_, Result<ExecStream, RunnerError>>;
 
     fn capabilities(&self) -> Capabilities;
 }

@@ -14,10 +14,12 @@ mod convert;
 pub mod helper;
 pub mod posix;
 pub mod shared_fs;
+pub mod stream;
 
 pub use helper::HelperTransport;
 pub use posix::PosixTransport;
 pub use shared_fs::SharedFsTransport;
+pub use stream::StreamTransport;
 
 /// What `take` should return.
 #[derive(Debug, Clone, Copy)]
@@ -83,6 +85,8 @@ pub enum TransportError {
     Failed { code: Option<i32>, stderr: String },
     #[error("could not read the exec's output: {0}")]
     Garbled(String),
+    #[error("{0}")]
+    Session(String),
     #[error("local i/o failed: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -23,8 +23,9 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
+/// The default deployment: the streaming helper transport.
 async fn setup() -> Setup {
-    setup_with(TransportKind::Helper).await
+    setup_with(TransportKind::default()).await
 }
 
 async fn setup_with(transport: TransportKind) -> Setup {
@@ -131,14 +132,42 @@ call "$PAPERCLIP_API_URL/api/companies"; echo
     s.teardown().await;
 }
 
-#[tokio::test]
-async fn the_posix_transport_serves_the_same_path() {
-    let s = setup_with(TransportKind::Posix).await;
+/// One allowed and one denied call through a deployment with `transport`.
+async fn serves_the_same_path(transport: TransportKind) {
+    let s = setup_with(transport).await;
     let out = s
         .agent(&format!("{CURL}\ncall -X POST \"$PAPERCLIP_API_URL/api/issues/i1/comments\" -H 'Content-Type: application/json' -d '{{}}'; echo; call \"$PAPERCLIP_API_URL/api/companies\""))
         .await;
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "201\n403");
     assert_eq!(s.recorder.count("POST", "/api/issues/i1/comments"), 1);
+    s.teardown().await;
+}
+
+#[tokio::test]
+async fn the_posix_transport_serves_the_same_path() {
+    serves_the_same_path(TransportKind::Posix).await;
+}
+
+#[tokio::test]
+async fn the_exec_per_call_helper_transport_serves_the_same_path() {
+    serves_the_same_path(TransportKind::Helper).await;
+}
+
+#[tokio::test]
+async fn the_streaming_transport_needs_one_exec_for_many_requests() {
+    let s = setup().await;
+    let calls = "for i in 1 2 3 4 5 6 7 8 9 10; do call -X POST \"$PAPERCLIP_API_URL/api/issues/i1/comments\" -H 'Content-Type: application/json' -d '{}'; echo; done";
+    let out = s.agent(&format!("{CURL}\n{calls}")).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).matches("201").count(),
+        10
+    );
+    assert_eq!(s.recorder.count("POST", "/api/issues/i1/comments"), 10);
+    assert_eq!(
+        s.bridge().worker().exec_count(),
+        1,
+        "one session carried every request"
+    );
     s.teardown().await;
 }
 

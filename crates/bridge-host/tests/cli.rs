@@ -102,6 +102,31 @@ async fn the_agents_exit_status_is_ours() {
 }
 
 #[tokio::test]
+async fn the_latency_injector_works_as_an_exec_prefix() {
+    let recorder = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!(
+        "'{}' delay-exec --delay-ms 40 --",
+        env!("CARGO_BIN_EXE_paperclip-bridge")
+    );
+    let mut command = cli(&recorder.url);
+    command
+        .args(["run", "--sandbox", "exec", "--exec", &prefix, "--workdir"])
+        .arg(dir.path())
+        .args(["--transport", "stream", "--", "sh", "-c"])
+        .arg("for i in 1 2 3; do curl -sS -o /dev/null -w '%{http_code}\\n' -H \"Authorization: Bearer $PAPERCLIP_API_KEY\" \"$PAPERCLIP_API_URL/api/agents/me\"; done; exit 3");
+    let out = output(command).await;
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{report}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).matches("200").count(),
+        3,
+        "{report}"
+    );
+    assert_eq!(recorder.count("GET", "/api/agents/me"), 3);
+}
+
+#[tokio::test]
 async fn missing_settings_name_the_variable() {
     let mut command = cli("http://127.0.0.1:1");
     command

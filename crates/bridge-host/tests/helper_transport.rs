@@ -1,6 +1,6 @@
-//! The helper transport (the gateway binary's `take`/`put` run through a runner) on
-//! hand-written queue_v1 files: exact bytes, claims and recovery, the inotify long poll,
-//! delivery only while the caller waits, one exec per call.
+//! The helper transports (the gateway binary's `take`/`put`, one exec per call, and its
+//! `session`, one exec for all calls) on hand-written queue_v1 files: exact bytes, claims
+//! and recovery, the inotify long poll, delivery only while the caller waits.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,21 +12,43 @@ use std::time::Duration;
 
 use bridge_host::runner::{Exec, LocalRunner, NetnsSandbox, Runner};
 use bridge_host::transport::{
-    Delivery, HelperTransport, Outgoing, TakeOptions, TakeProblem, Transport,
+    Delivery, HelperTransport, Outgoing, StreamTransport, TakeOptions, TakeProblem, Transport,
 };
 use common::*;
 
-fn local(q: &Path) -> HelperTransport {
-    HelperTransport::new(
-        Arc::new(LocalRunner),
-        q.to_path_buf(),
-        gateway_bin(),
-        Duration::from_secs(20),
-    )
+/// A transport under test and the number of execs it makes for a number of calls.
+type UnderTest = (Box<dyn Transport>, fn(u64) -> u64);
+
+/// Both helper transports over `runner`.
+fn both(runner: Arc<dyn Runner>, q: &Path) -> [UnderTest; 2] {
+    let bound = Duration::from_secs(20);
+    let (q, bin) = (q.to_path_buf(), gateway_bin());
+    [
+        (
+            Box::new(HelperTransport::new(
+                runner.clone(),
+                q.clone(),
+                bin.clone(),
+                bound,
+            )),
+            |calls| calls,
+        ),
+        (Box::new(StreamTransport::new(runner, q, bin, bound)), |_| 1),
+    ]
+}
+
+fn local(q: &Path) -> [UnderTest; 2] {
+    both(Arc::new(LocalRunner), q)
 }
 
 #[tokio::test]
 async fn take_claims_recovers_and_keeps_bytes_exact() {
+    for index in 0..2 {
+        take_claims_recovers_and_keeps_bytes_exact_with(index).await;
+    }
+}
+
+async fn take_claims_recovers_and_keeps_bytes_exact_with(index: usize) {
     let dir = queue_dir();
     let q = dir.path();
     let json = request_json(
@@ -39,7 +61,7 @@ async fn take_claims_recovers_and_keeps_bytes_exact() {
     write_request(q, "h1", &json);
     write_request(q, "big", &"x".repeat(3000));
     std::fs::write(q.join("requests/not an id.json"), b"{}").unwrap();
-    let t = local(q);
+    let (t, execs) = local(q).into_iter().nth(index).unwrap();
     let got = t
         .take(TakeOptions {
             envelope_limit: 2000,
@@ -63,14 +85,20 @@ async fn take_claims_recovers_and_keeps_bytes_exact() {
         .await
         .unwrap();
     assert!(again.iter().all(|i| i.previously_claimed));
-    assert_eq!(t.exec_count(), 3);
+    assert_eq!(t.exec_count(), execs(3));
 }
 
 #[tokio::test]
 async fn the_long_poll_wakes_when_a_request_lands() {
+    for index in 0..2 {
+        the_long_poll_wakes_with(index).await;
+    }
+}
+
+async fn the_long_poll_wakes_with(index: usize) {
     let dir = queue_dir();
     let q = dir.path().to_path_buf();
-    let t = local(&q);
+    let (t, _) = local(&q).into_iter().nth(index).unwrap();
     let writer = {
         let q = q.clone();
         tokio::spawn(async move {
@@ -92,11 +120,17 @@ async fn the_long_poll_wakes_when_a_request_lands() {
 
 #[tokio::test]
 async fn put_writes_only_while_the_caller_waits() {
+    for index in 0..2 {
+        put_writes_only_while_the_caller_waits_with(index).await;
+    }
+}
+
+async fn put_writes_only_while_the_caller_waits_with(index: usize) {
     let dir = queue_dir();
     let q = dir.path();
     write_request(q, "w1", "{}");
     write_request(q, "w2", "{}");
-    let t = local(q);
+    let (t, _) = local(q).into_iter().nth(index).unwrap();
     t.take(take_opts()).await.unwrap();
     std::fs::remove_file(q.join("requests/w2.json")).unwrap();
     let big: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
@@ -139,6 +173,12 @@ async fn put_writes_only_while_the_caller_waits() {
 
 #[tokio::test]
 async fn it_works_inside_a_namespace_sandbox() {
+    for index in 0..2 {
+        it_works_inside_a_namespace_sandbox_with(index).await;
+    }
+}
+
+async fn it_works_inside_a_namespace_sandbox_with(index: usize) {
     let dir = tempfile::tempdir().unwrap();
     let sandbox = Arc::new(NetnsSandbox::create(dir.path()).await.unwrap());
     let q = dir.path().join("queue");
@@ -152,12 +192,7 @@ async fn it_works_inside_a_namespace_sandbox() {
         .await
         .unwrap()
         .success());
-    let t = HelperTransport::new(
-        sandbox.clone(),
-        q.clone(),
-        gateway_bin(),
-        Duration::from_secs(20),
-    );
+    let (t, _) = both(sandbox.clone(), &q).into_iter().nth(index).unwrap();
     let got = t.take(take_opts()).await.unwrap();
     assert_eq!(
         got[0].file.as_deref().unwrap(),

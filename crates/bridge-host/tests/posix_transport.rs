@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bridge_host::runner::{
-    BoxFuture, Capabilities, CommandRunner, Exec, ExecOutput, LocalRunner, NetnsSandbox, Runner,
-    RunnerError, Spawn,
+    BoxFuture, Capabilities, CommandRunner, Exec, ExecOutput, ExecStream, LocalRunner,
+    NetnsSandbox, Runner, RunnerError, Spawn,
 };
 use bridge_host::transport::{
     Delivery, Outgoing, PosixTransport, TakeOptions, TakeProblem, Transport, TransportError,
@@ -544,6 +544,10 @@ impl Runner for Nonsense {
 
     fn spawn(&self, _: Spawn) -> Result<tokio::process::Child, RunnerError> {
         Err(RunnerError::NoStreaming)
+    }
+
+    fn stream(&self, _: Spawn) -> BoxFuture<'_, Result<ExecStream, RunnerError>> {
+        Box::pin(async { Err(RunnerError::NoStreaming) })
     }
 
     fn capabilities(&self) -> Capabilities {

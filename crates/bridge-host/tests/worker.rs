@@ -506,6 +506,14 @@ impl bridge_host::runner::Runner for LossyRunner {
         bridge_host::runner::LocalRunner.spawn(spawn)
     }
 
+    fn stream(
+        &self,
+        _: bridge_host::runner::Spawn,
+    ) -> BoxFuture<'_, Result<bridge_host::runner::ExecStream, bridge_host::runner::RunnerError>>
+    {
+        Box::pin(async { Err(bridge_host::runner::RunnerError::NoStreaming) })
+    }
+
     fn capabilities(&self) -> bridge_host::runner::Capabilities {
         bridge_host::runner::Capabilities::default()
     }
@@ -546,5 +554,106 @@ async fn execs_whose_results_are_lost_lose_no_request() {
     }
     assert!(runner.calls.load(Ordering::SeqCst) >= 24);
     let _ = runner.capabilities();
+    worker.stop().await;
+}
+
+/// Streams that break off after every third reply: the session did the work, but its reply
+/// is lost and the stream ends, as a provider's streaming exec that drops would.
+#[derive(Debug)]
+struct BreakingStreams {
+    replies: Arc<AtomicU64>,
+}
+
+impl bridge_host::runner::Runner for BreakingStreams {
+    fn exec(
+        &self,
+        exec: bridge_host::runner::Exec,
+    ) -> BoxFuture<'_, Result<bridge_host::runner::ExecOutput, bridge_host::runner::RunnerError>>
+    {
+        bridge_host::runner::LocalRunner.exec(exec)
+    }
+
+    fn spawn(
+        &self,
+        spawn: bridge_host::runner::Spawn,
+    ) -> Result<tokio::process::Child, bridge_host::runner::RunnerError> {
+        bridge_host::runner::LocalRunner.spawn(spawn)
+    }
+
+    fn stream(
+        &self,
+        spawn: bridge_host::runner::Spawn,
+    ) -> BoxFuture<'_, Result<bridge_host::runner::ExecStream, bridge_host::runner::RunnerError>>
+    {
+        Box::pin(async move {
+            use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+            let mut stream = bridge_host::runner::LocalRunner.stream(spawn).await?;
+            let (mut relay, ours) = tokio::io::duplex(1 << 20);
+            let theirs = std::mem::replace(&mut stream.stdout, Box::pin(ours));
+            let replies = self.replies.clone();
+            tokio::spawn(async move {
+                let mut lines = tokio::io::BufReader::new(theirs).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let hello = line.starts_with(r#"{"session""#);
+                    if !hello && replies.fetch_add(1, Ordering::SeqCst) % 3 == 2 {
+                        return; // the reply is lost and the stream ends
+                    }
+                    if relay
+                        .write_all(format!("{line}\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            Ok(stream)
+        })
+    }
+
+    fn capabilities(&self) -> bridge_host::runner::Capabilities {
+        bridge_host::runner::Capabilities {
+            streaming: true,
+            shared_fs: false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn streams_that_break_off_lose_no_request() {
+    let recorder = Recorder::start().await;
+    let dir = queue_dir();
+    let replies = Arc::new(AtomicU64::new(0));
+    let runner = Arc::new(BreakingStreams {
+        replies: replies.clone(),
+    });
+    let transport = Arc::new(bridge_host::transport::StreamTransport::new(
+        runner,
+        dir.path().to_path_buf(),
+        gateway_bin(),
+        Duration::from_secs(10),
+    ));
+    let worker = start_on(transport, &recorder, config());
+    for i in 0..12 {
+        let id = format!("s{i}");
+        let path = format!("/api/issues/s{i}/comments");
+        write_request(
+            dir.path(),
+            &id,
+            &request_json(&id, "POST", &path, "{}", r#""{}""#),
+        );
+        // One at a time, so lost take replies and lost put replies both happen.
+        assert_eq!(response(dir.path(), &id).await.status, 201, "{id}");
+        std::fs::remove_file(dir.path().join(format!("responses/{id}.json"))).unwrap();
+    }
+    for i in 0..12 {
+        assert_eq!(
+            recorder.count("POST", &format!("/api/issues/s{i}/comments")),
+            1,
+            "s{i}"
+        );
+    }
+    assert!(replies.load(Ordering::SeqCst) >= 24);
+    assert!(worker.exec_count() >= 8, "a new session after each break");
     worker.stop().await;
 }

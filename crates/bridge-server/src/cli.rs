@@ -3,7 +3,9 @@
 //! - `take --queue-dir D [--wait-ms W] [--max-bytes B] [--envelope-bytes E] [--include-claimed]`
 //!   waits (inotify) up to W ms for a request, claims the batch and prints it as NDJSON;
 //! - `put --queue-dir D` reads NDJSON responses on stdin and writes each under the rules of
-//!   [`crate::helper`], printing one result line per id.
+//!   [`crate::helper`], printing one result line per id;
+//! - `session --queue-dir D` does both for as long as its stdin stays open, driven by
+//!   commands on stdin ([`crate::helper::session`]).
 
 use std::io::{BufRead as _, Write as _};
 use std::path::PathBuf;
@@ -23,6 +25,7 @@ pub fn dispatch(args: &[String]) -> Option<ExitCode> {
     let result = match command.as_str() {
         "take" => take(rest),
         "put" => put(rest),
+        "session" => session(rest),
         _ => return None,
     };
     Some(match result {
@@ -40,6 +43,7 @@ pub fn dispatch(args: &[String]) -> Option<ExitCode> {
 
 const USAGE: &str = "usage: paperclip-bridge-server take --queue-dir DIR [--wait-ms MS] [--max-bytes N] [--envelope-bytes N] [--include-claimed]
        paperclip-bridge-server put --queue-dir DIR   (NDJSON responses on stdin)
+       paperclip-bridge-server session --queue-dir DIR   (take/put commands on stdin)
        paperclip-bridge-server                       (serve; configured by PAPERCLIP_BRIDGE_*)";
 
 enum Failure {
@@ -102,6 +106,23 @@ fn put(args: &[String]) -> Result<(), Failure> {
             .map_err(|e| Failure::Io(e.to_string()))?;
     }
     Ok(())
+}
+
+fn session(args: &[String]) -> Result<(), Failure> {
+    let flags = Flags::parse(args, &[])?;
+    let layout = QueueLayout::new(flags.queue_dir()?);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Io(e.to_string()))?;
+    let served = runtime.block_on(helper::session::serve(
+        layout,
+        tokio::io::stdin(),
+        tokio::io::stdout(),
+    ));
+    // A take may still be waiting on a blocking read of stdin's end: do not wait for it.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    served.map_err(|e| Failure::Io(e.to_string()))
 }
 
 fn parse_put(line: &str) -> Option<(String, Vec<u8>)> {

@@ -14,7 +14,7 @@ fn main() -> ExitCode {
     }
     if !args.is_empty() {
         eprintln!(
-            "paperclip-bridge-server: unknown command {:?} (take, put, or none to serve)",
+            "paperclip-bridge-server: unknown command {:?} (take, put, session, or none to serve)",
             args[0]
         );
         return ExitCode::from(2);

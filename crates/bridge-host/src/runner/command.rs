@@ -6,7 +6,7 @@ use std::process::Stdio;
 use tokio::process::Command;
 
 use super::exec::{self, base_env, with_cwd};
-use super::{BoxFuture, Capabilities, Exec, ExecOutput, Runner, RunnerError, Spawn};
+use super::{BoxFuture, Capabilities, Exec, ExecOutput, ExecStream, Runner, RunnerError, Spawn};
 
 /// Runs scripts with this machine's `sh`: no isolation at all (development and tests).
 #[derive(Debug, Clone, Default)]
@@ -36,6 +36,19 @@ impl Runner for LocalRunner {
             .envs(spawn.env)
             .stdin(Stdio::null());
         start(command, spawn.inherit_output)
+    }
+
+    fn stream(&self, spawn: Spawn) -> BoxFuture<'_, Result<ExecStream, RunnerError>> {
+        Box::pin(async move {
+            let mut command = Command::new("sh");
+            command
+                .arg("-c")
+                .arg(with_cwd(&spawn.script, spawn.cwd.as_deref()))
+                .env_clear()
+                .envs(base_env())
+                .envs(spawn.env);
+            exec::open_stream(command)
+        })
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -129,6 +142,21 @@ impl Runner for CommandRunner {
             });
         }
         Ok(child)
+    }
+
+    fn stream(&self, spawn: Spawn) -> BoxFuture<'_, Result<ExecStream, RunnerError>> {
+        Box::pin(async move {
+            use tokio::io::AsyncWriteExt as _;
+            let script = format!(
+                "{ENV_PRELUDE}{}",
+                with_cwd(&spawn.script, spawn.cwd.as_deref())
+            );
+            let block = env_block(&spawn.env)?;
+            let mut stream = exec::open_stream(self.command(script))?;
+            // The environment block goes first; the stream's own bytes follow it.
+            stream.stdin.write_all(&block).await?;
+            Ok(stream)
+        })
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -1,10 +1,25 @@
-//! An exec-latency injector: a runner that adds a fixed delay before every exec, standing
-//! in for a hosted sandbox provider's round trip (benchmarks).
+//! An exec-latency injector: a runner that adds a fixed delay to every exec, standing in
+//! for a hosted sandbox provider's round trip (benchmarks).
+//!
+//! A plain exec waits the whole delay before it starts. A stream waits it once at start,
+//! and then every byte is delivered half the delay late in each direction (a pipelined
+//! delay line, so bandwidth is not limited): one message and its answer cost one delay,
+//! as a round trip over a provider's streaming exec would.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{BoxFuture, Capabilities, Exec, ExecOutput, Runner, RunnerError, Spawn};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{BoxFuture, Capabilities, Exec, ExecOutput, ExecStream, Runner, RunnerError, Spawn};
+
+/// Bytes in flight inside one delay line before its reader is held back.
+const LINE_BUFFER: usize = 1024 * 1024;
+/// Chunks in flight inside one delay line.
+const LINE_CHUNKS: usize = 4096;
 
 /// Wraps a runner; every exec waits `delay` first.
 #[derive(Debug)]
@@ -31,7 +46,97 @@ impl Runner for DelayRunner {
         self.inner.spawn(spawn)
     }
 
+    fn stream(&self, spawn: Spawn) -> BoxFuture<'_, Result<ExecStream, RunnerError>> {
+        Box::pin(async move {
+            // The request to start travels one way; the greeting comes back the other.
+            let one_way = self.delay / 2;
+            tokio::time::sleep(one_way).await;
+            let inner = self.inner.stream(spawn).await?;
+            Ok(ExecStream {
+                stdin: delayed_writer(inner.stdin, one_way),
+                stdout: delayed_reader(inner.stdout, one_way),
+                stderr: delayed_reader(inner.stderr, one_way),
+                process: inner.process,
+            })
+        })
+    }
+
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
+    }
+}
+
+/// What is read from the result comes out of `inner` `by` later.
+pub fn delayed_reader(
+    inner: Pin<Box<dyn AsyncRead + Send>>,
+    by: Duration,
+) -> Pin<Box<dyn AsyncRead + Send>> {
+    let (ours, theirs) = tokio::io::duplex(LINE_BUFFER);
+    drop(delay_line(inner, ours, by)); // detached: it ends with its streams
+    Box::pin(theirs)
+}
+
+/// What is written to the result reaches `inner` `by` later (and its end, too).
+pub fn delayed_writer(
+    inner: Pin<Box<dyn AsyncWrite + Send>>,
+    by: Duration,
+) -> Pin<Box<dyn AsyncWrite + Send>> {
+    let (ours, theirs) = tokio::io::duplex(LINE_BUFFER);
+    drop(delay_line(ours, inner, by)); // detached: it ends with its streams
+    Box::pin(theirs)
+}
+
+/// Copies `from` to `to`, each chunk `by` after it was read; the end of `from` is passed
+/// on (shutdown) after the last chunk. Two tasks, so reading never waits for the delay;
+/// the returned one ends when everything has been written.
+pub fn delay_line<R, W>(mut from: R, mut to: W, by: Duration) -> tokio::task::JoinHandle<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (chunks, mut due) = mpsc::channel::<(Instant, Vec<u8>)>(LINE_CHUNKS);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let chunk = (Instant::now() + by, buf[..n].to_vec());
+                    if chunks.send(chunk).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some((at, bytes)) = due.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&bytes).await.is_err() || to.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_delay_line_delays_every_chunk_and_passes_the_end_on() {
+        let (mut input, source) = tokio::io::duplex(1024);
+        let mut output = delayed_reader(Box::pin(source), Duration::from_millis(40));
+        let started = Instant::now();
+        input.write_all(b"one").await.unwrap();
+        let mut buf = [0u8; 3];
+        output.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"one");
+        assert!(started.elapsed() >= Duration::from_millis(40));
+        drop(input);
+        let mut rest = Vec::new();
+        output.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::process::Command;
 
-use super::{ExecOutput, RunnerError};
+use super::{ExecOutput, ExecStream, RunnerError};
 
 /// After the process exits, how long to wait for its pipes to close (a background
 /// grandchild may hold them open).
@@ -116,6 +116,30 @@ pub async fn run(
         stdout,
         stderr,
         timed_out,
+    })
+}
+
+/// Starts `command` with all three standard streams piped, as an [`ExecStream`].
+pub fn open_stream(mut command: Command) -> Result<ExecStream, RunnerError> {
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let program = command
+        .as_std()
+        .get_program()
+        .to_string_lossy()
+        .into_owned();
+    let mut process = command
+        .spawn()
+        .map_err(|source| RunnerError::Spawn { program, source })?;
+    let missing = || RunnerError::Io(std::io::Error::other("a piped stream is missing"));
+    Ok(ExecStream {
+        stdin: Box::pin(process.stdin.take().ok_or_else(missing)?),
+        stdout: Box::pin(process.stdout.take().ok_or_else(missing)?),
+        stderr: Box::pin(process.stderr.take().ok_or_else(missing)?),
+        process,
     })
 }
 

@@ -16,7 +16,7 @@ use tokio::process::{Child, Command};
 
 use super::command::start;
 use super::exec::{self, base_env, with_cwd};
-use super::{BoxFuture, Capabilities, Exec, ExecOutput, Runner, RunnerError, Spawn};
+use super::{BoxFuture, Capabilities, Exec, ExecOutput, ExecStream, Runner, RunnerError, Spawn};
 
 /// How long the holder may take to set up its namespaces.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -180,6 +180,15 @@ impl Runner for NetnsSandbox {
         let mut command = self.nsenter(with_cwd(&spawn.script, spawn.cwd.as_deref()));
         command.envs(spawn.env).stdin(Stdio::null());
         start(command, spawn.inherit_output)
+    }
+
+    fn stream(&self, spawn: Spawn) -> BoxFuture<'_, Result<ExecStream, RunnerError>> {
+        Box::pin(async move {
+            self.check_alive()?;
+            let mut command = self.nsenter(with_cwd(&spawn.script, spawn.cwd.as_deref()));
+            command.envs(spawn.env);
+            exec::open_stream(command)
+        })
     }
 
     fn capabilities(&self) -> Capabilities {

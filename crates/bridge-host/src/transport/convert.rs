@@ -3,7 +3,7 @@
 
 use bridge_server::helper::{self, Problem, Put, Taken};
 
-use super::{Delivery, Incoming, TakeOptions, TakeProblem};
+use super::{Delivery, Incoming, Outgoing, TakeOptions, TakeProblem, TransportError};
 
 pub fn take_options(opts: &TakeOptions) -> helper::TakeOptions {
     helper::TakeOptions {
@@ -30,4 +30,22 @@ pub fn delivery(put: Put) -> Delivery {
         Put::Delivered => Delivery::Delivered,
         Put::CallerGone => Delivery::CallerGone,
     }
+}
+
+/// Pairs each response with its put result: a result missing or failed is an error.
+pub fn deliveries(
+    responses: &[Outgoing],
+    results: Vec<(String, Result<Put, String>)>,
+) -> Result<Vec<(String, Delivery)>, TransportError> {
+    responses
+        .iter()
+        .map(|r| match results.iter().find(|(id, _)| *id == r.id) {
+            Some((_, Ok(put))) => Ok((r.id.clone(), delivery(*put))),
+            Some((_, Err(why))) => Err(TransportError::Garbled(format!("put {}: {why}", r.id))),
+            None => Err(TransportError::Garbled(format!(
+                "put gave no result for {}",
+                r.id
+            ))),
+        })
+        .collect()
 }

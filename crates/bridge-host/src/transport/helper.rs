@@ -104,19 +104,7 @@ impl Transport for HelperTransport {
                 .await?;
             let text = String::from_utf8_lossy(&out.stdout);
             let results: Vec<_> = text.lines().filter_map(helper::parse_put_result).collect();
-            responses
-                .iter()
-                .map(|r| match results.iter().find(|(id, _)| *id == r.id) {
-                    Some((_, Ok(put))) => Ok((r.id.clone(), convert::delivery(*put))),
-                    Some((_, Err(why))) => {
-                        Err(TransportError::Garbled(format!("put {}: {why}", r.id)))
-                    }
-                    None => Err(TransportError::Garbled(format!(
-                        "put gave no result for {}",
-                        r.id
-                    ))),
-                })
-                .collect()
+            convert::deliveries(&responses, results)
         })
     }
 

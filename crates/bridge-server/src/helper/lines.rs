@@ -11,18 +11,27 @@ use serde_json::{json, Value};
 use super::{Problem, Put, Taken};
 
 pub fn taken_line(taken: &Taken) -> String {
+    taken_value(taken).to_string()
+}
+
+/// One taken request as a JSON object (a `take` line, or an item of a session reply).
+pub fn taken_value(taken: &Taken) -> Value {
     let mut line = json!({ "id": taken.id, "claimed": taken.previously_claimed });
     match &taken.file {
         Ok(bytes) => line["file"] = STANDARD.encode(bytes).into(),
         Err(Problem::TooLarge { size }) => line["tooLarge"] = (*size).into(),
         Err(Problem::Unreadable) => line["unreadable"] = true.into(),
     }
-    line.to_string()
+    line
 }
 
 /// Parses a `take` line; `None` for anything malformed (the sandbox is untrusted).
 pub fn parse_taken(line: &str) -> Option<Taken> {
-    let v: Value = serde_json::from_str(line).ok()?;
+    parse_taken_value(&serde_json::from_str(line).ok()?)
+}
+
+/// Parses one taken request; `None` for anything malformed.
+pub fn parse_taken_value(v: &Value) -> Option<Taken> {
     let id = v["id"].as_str()?.to_owned();
     if !bridge_protocol::layout::is_valid_id(&id) {
         return None;
@@ -42,17 +51,25 @@ pub fn parse_taken(line: &str) -> Option<Taken> {
 }
 
 pub fn put_result_line(id: &str, result: Result<Put, String>) -> String {
+    put_result_value(id, result).to_string()
+}
+
+/// One put result as a JSON object.
+pub fn put_result_value(id: &str, result: Result<Put, String>) -> Value {
     match result {
         Ok(Put::Delivered) => json!({ "id": id, "result": "delivered" }),
         Ok(Put::CallerGone) => json!({ "id": id, "result": "gone" }),
         Err(e) => json!({ "id": id, "result": "failed", "error": e }),
     }
-    .to_string()
 }
 
 /// Parses a `put` result line: `(id, Ok(put) | Err(why))`.
 pub fn parse_put_result(line: &str) -> Option<(String, Result<Put, String>)> {
-    let v: Value = serde_json::from_str(line).ok()?;
+    parse_put_result_value(&serde_json::from_str(line).ok()?)
+}
+
+/// Parses one put result; `None` for anything malformed.
+pub fn parse_put_result_value(v: &Value) -> Option<(String, Result<Put, String>)> {
     let id = v["id"].as_str()?.to_owned();
     let result = match v["result"].as_str()? {
         "delivered" => Ok(Put::Delivered),

@@ -11,6 +11,7 @@
 //!   request never counts toward a gateway's queue depth and is never taken again.
 
 mod lines;
+pub mod session;
 mod wait;
 
 use std::io;
@@ -24,7 +25,7 @@ pub use lines::{parse_put_result, parse_taken, put_result_line, taken_line};
 pub use wait::take_waiting;
 
 /// What one `take` returns.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TakeOptions {
     pub wait: Duration,
     pub max_batch_bytes: usize,

@@ -23,9 +23,11 @@ pub enum SandboxKind {
 /// How the worker reaches the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TransportArg {
-    /// Shared directory with `--sandbox local`, else the helper transport.
+    /// Shared directory with `--sandbox local`, else the streaming helper.
     Auto,
-    /// The deployed gateway binary does the queue work, woken by inotify (fastest).
+    /// The deployed gateway binary does the queue work in one long-lived exec (fastest).
+    Stream,
+    /// The deployed gateway binary does the queue work, one exec per take or put.
     Helper,
     /// POSIX sh scripts over exec: works with any sandbox.
     Posix,

@@ -145,6 +145,7 @@ async fn run_cell(args: &BenchArgs, cell: &Cell) -> Result<Value> {
     )?;
     let mut config = BridgeConfig::new(args.gateway_bin.clone(), dir.clone(), client);
     config.transport = match cell.transport {
+        "stream" => TransportKind::Stream,
         "helper" => TransportKind::Helper,
         "posix" => TransportKind::Posix,
         _ => TransportKind::SharedFs,

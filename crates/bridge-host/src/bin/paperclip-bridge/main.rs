@@ -5,6 +5,7 @@ mod agent_env;
 mod args;
 mod bench;
 mod bench_scale;
+mod delay_exec;
 mod demo;
 mod load;
 mod run;
@@ -36,6 +37,10 @@ enum Command {
     Worker(Box<worker_cmd::WorkerArgs>),
     /// Everything local: a sandbox, the bridge, a demo upstream and a scripted agent.
     Demo(demo::DemoArgs),
+    /// Run a command as if over a remote exec: add a round-trip delay to its start and to
+    /// its stdin and output (an exec prefix for benchmarks: `--exec 'paperclip-bridge
+    /// delay-exec --delay-ms 25 -- PREFIX...'`).
+    DelayExec(delay_exec::DelayExecArgs),
     /// The demo's scripted agent (runs inside the sandbox).
     #[command(hide = true)]
     DemoAgent(demo::DemoAgentArgs),
@@ -57,7 +62,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    let result = runtime.block_on(dispatch(cli.command));
+    // A blocking read of stdin (delay-exec's) must not hold the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("paperclip-bridge: error: {e:#}");
@@ -71,6 +79,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::DemoAgent(args) => return demo::agent(args).await,
         Command::Load(args) => return load::load(args).await,
         Command::Bench(args) => return bench::bench(args).await,
+        Command::DelayExec(args) => return delay_exec::delay_exec(args).await,
         _ => {}
     }
     let shutdown = signals::Shutdown::install()?;
@@ -79,7 +88,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Up(args) => run::up(*args, shutdown).await,
         Command::Worker(args) => worker_cmd::worker(*args, shutdown).await,
         Command::Demo(args) => demo::demo(args, shutdown).await,
-        Command::DemoAgent(_) | Command::Load(_) | Command::Bench(_) => {
+        Command::DemoAgent(_) | Command::Load(_) | Command::Bench(_) | Command::DelayExec(_) => {
             unreachable!("handled above")
         }
     }

@@ -128,6 +128,7 @@ fn bridge_config(args: &UpArgs, sandbox_dir: PathBuf) -> Result<BridgeConfig> {
 fn transport(args: &UpArgs, sandbox: &Sandbox) -> Result<TransportKind> {
     let shared = sandbox.runner.capabilities().shared_fs;
     Ok(match args.policy.transport {
+        TransportArg::Stream => TransportKind::Stream,
         TransportArg::Helper => TransportKind::Helper,
         TransportArg::Posix => TransportKind::Posix,
         TransportArg::SharedFs if shared => TransportKind::SharedFs,
@@ -137,7 +138,7 @@ fn transport(args: &UpArgs, sandbox: &Sandbox) -> Result<TransportKind> {
         TransportArg::Auto if shared && args.sandbox.sandbox == SandboxKind::Local => {
             TransportKind::SharedFs
         }
-        TransportArg::Auto => TransportKind::Helper,
+        TransportArg::Auto => TransportKind::Stream,
     })
 }
 

@@ -1,0 +1,118 @@
+//! The streaming transport when its session misbehaves: an old gateway without `session`,
+//! a session that stops answering, one that prints garbage, and the latency injector's
+//! streams. Each failure is a clear, bounded error, and the next call starts afresh.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bridge_host::runner::{DelayRunner, LocalRunner};
+use bridge_host::transport::{StreamTransport, Transport, TransportError};
+use common::*;
+
+/// A stand-in gateway binary: a shell script.
+fn fake_binary(dir: &Path, script: &str) -> PathBuf {
+    let path = dir.join("fake-gateway");
+    std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn transport(q: &Path, binary: PathBuf, bound: Duration) -> StreamTransport {
+    StreamTransport::new(Arc::new(LocalRunner), q.to_path_buf(), binary, bound)
+}
+
+#[tokio::test]
+async fn a_gateway_without_sessions_is_a_clear_error() {
+    let dir = queue_dir();
+    let old = fake_binary(
+        dir.path(),
+        r#"echo "paperclip-bridge-server: unknown command \"$1\"" >&2; exit 2"#,
+    );
+    let t = transport(dir.path(), old, Duration::from_secs(5));
+    let err = t.take(take_opts()).await.unwrap_err();
+    assert!(
+        matches!(&err, TransportError::Session(why) if why.contains("unknown command \"session\"")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_session_that_stops_answering_is_killed_within_its_bound() {
+    let dir = queue_dir();
+    let pid_file = dir.path().join("session.pid");
+    let hung = fake_binary(
+        dir.path(),
+        &format!(
+            r#"echo $$ > '{}'; echo '{{"session":1}}'; exec sleep 1000"#,
+            pid_file.display()
+        ),
+    );
+    let t = transport(dir.path(), hung, Duration::from_millis(500));
+    let started = Instant::now();
+    let err = t.take(take_opts()).await.unwrap_err();
+    assert!(matches!(err, TransportError::TimedOut(_)), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let stat = format!("/proc/{}/stat", pid.trim());
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::read_to_string(&stat).map_or(true, |s| s.contains(") Z "))
+    });
+    assert!(gone, "the hung session was not killed");
+}
+
+#[tokio::test]
+async fn garbage_fails_the_call_and_the_next_call_opens_a_new_session() {
+    let dir = queue_dir();
+    let count = dir.path().join("starts");
+    // The first session prints garbage; later ones are the real gateway's.
+    let flaky = fake_binary(
+        dir.path(),
+        &format!(
+            r#"if [ ! -e '{count}' ]; then : > '{count}'; echo '{{"session":1}}'; echo 'Welcome!'; exec sleep 1000; fi
+exec '{real}' "$@""#,
+            count = count.display(),
+            real = gateway_bin().display()
+        ),
+    );
+    write_request(dir.path(), "g1", "{}");
+    let t = transport(dir.path(), flaky, Duration::from_secs(5));
+    let err = t.take(take_opts()).await.unwrap_err();
+    assert!(
+        matches!(&err, TransportError::Session(why) if why.contains("unreadable")),
+        "{err}"
+    );
+    let taken = t.take(take_opts()).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].id, "g1");
+    assert_eq!(t.exec_count(), 2, "one session per start");
+}
+
+#[tokio::test]
+async fn an_injected_delay_costs_one_delay_per_round_trip_on_a_stream() {
+    let dir = queue_dir();
+    let delay = Duration::from_millis(200);
+    let runner = Arc::new(DelayRunner::new(Arc::new(LocalRunner), delay));
+    let t = StreamTransport::new(
+        runner,
+        dir.path().to_path_buf(),
+        gateway_bin(),
+        Duration::from_secs(10),
+    );
+    let started = Instant::now();
+    t.take(take_opts()).await.unwrap();
+    assert!(
+        started.elapsed() >= delay * 2,
+        "opening costs one delay, the round trip another"
+    );
+    let started = Instant::now();
+    t.take(take_opts()).await.unwrap();
+    assert!(started.elapsed() >= delay);
+    assert_eq!(t.exec_count(), 1);
+}
