@@ -25,14 +25,16 @@ const PER_CALLER: usize = 50;
 pub fn main(args: &[String]) -> Result<()> {
     match args {
         [what] if what == "gateway" => gateway(),
-        [what] if what == "bridge" => bridge(&[]),
-        [what, flag] if what == "bridge" && flag == "--scale" => bridge(&["--scale"]),
-        _ => bail!("usage: cargo xtask bench gateway | bridge [--scale]"),
+        [what, extra @ ..] if what == "bridge" => bridge(extra),
+        _ => bail!(
+            "usage: cargo xtask bench gateway | bridge [--scale] [--transport stream|helper|posix|shared-fs]"
+        ),
     }
 }
 
-/// The whole bridge per transport and latency: an optimised CLI runs the matrix.
-fn bridge(extra: &[&str]) -> Result<()> {
+/// The whole bridge per transport and latency: an optimised CLI runs the matrix (its
+/// options are passed through).
+fn bridge(extra: &[String]) -> Result<()> {
     let binary = dist::build("x86_64-unknown-linux-musl")?;
     crate::run(crate::cargo().args([
         "build",

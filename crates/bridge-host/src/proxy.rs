@@ -105,6 +105,18 @@ impl Upstream {
         })
     }
 
+    /// Another run's upstream on the same API: its own credential and run id, this one's
+    /// HTTP client (connection pool, TLS set-up). One host process serving many sandboxes
+    /// should derive them all from one `Upstream` this way.
+    pub fn for_run(&self, key: Secret, run_id: Option<String>) -> Self {
+        Self {
+            base: self.base.clone(),
+            key,
+            run_id,
+            client: self.client.clone(),
+        }
+    }
+
     pub fn base_url(&self) -> &str {
         &self.base
     }
@@ -224,6 +236,17 @@ mod tests {
         ] {
             assert!(Upstream::new(bad, key(), None, t).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_runs_upstream_keeps_the_api_and_takes_its_own_credential() {
+        let t = Duration::from_secs(1);
+        let first = Upstream::new("http://x:1", Secret::new("a".into()), None, t).unwrap();
+        let second = first.for_run(Secret::new("b".into()), Some("run-2".into()));
+        assert_eq!(second.base_url(), "http://x:1");
+        assert_eq!(second.key.expose(), "b");
+        assert_eq!(second.run_id.as_deref(), Some("run-2"));
+        assert_eq!(first.key.expose(), "a");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bridge_host::runner::{DelayRunner, LocalRunner};
-use bridge_host::transport::{StreamTransport, Transport, TransportError};
+use bridge_host::transport::{StreamTransport, TakeOptions, Transport, TransportError};
 use common::*;
 
 /// A stand-in gateway binary: a shell script.
@@ -114,5 +114,29 @@ async fn an_injected_delay_costs_one_delay_per_round_trip_on_a_stream() {
     let started = Instant::now();
     t.take(take_opts()).await.unwrap();
     assert!(started.elapsed() >= delay);
+    assert_eq!(t.exec_count(), 1);
+}
+
+#[tokio::test]
+async fn a_take_given_up_on_stops_waiting_in_the_session() {
+    let dir = queue_dir();
+    let t = transport(dir.path(), gateway_bin(), Duration::from_secs(60));
+    let long_poll = TakeOptions {
+        wait: Duration::from_secs(30),
+        ..take_opts()
+    };
+    // A stopping worker drops its outstanding long poll...
+    let dropped = tokio::time::timeout(Duration::from_millis(300), t.take(long_poll)).await;
+    assert!(
+        dropped.is_err(),
+        "nothing was queued, so the take was still waiting"
+    );
+    // ...and its sweep must not wait behind that poll's 30 s.
+    write_request(dir.path(), "c1", "{}");
+    let swept = tokio::time::timeout(Duration::from_secs(5), t.take(take_opts()))
+        .await
+        .expect("the sweep waited behind the abandoned long poll")
+        .unwrap();
+    assert_eq!(swept.len(), 1);
     assert_eq!(t.exec_count(), 1);
 }

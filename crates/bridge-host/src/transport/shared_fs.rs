@@ -15,6 +15,8 @@ use crate::runner::BoxFuture;
 #[derive(Debug)]
 pub struct SharedFsTransport {
     layout: QueueLayout,
+    /// One watch for every take (made at the first, inside the runtime).
+    watch: tokio::sync::Mutex<Option<helper::RequestWatch>>,
     calls: AtomicU64,
 }
 
@@ -22,6 +24,7 @@ impl SharedFsTransport {
     pub fn new(queue_dir: PathBuf) -> Self {
         Self {
             layout: QueueLayout::new(queue_dir),
+            watch: tokio::sync::Mutex::new(None),
             calls: AtomicU64::new(0),
         }
     }
@@ -31,7 +34,9 @@ impl Transport for SharedFsTransport {
     fn take(&self, opts: TakeOptions) -> BoxFuture<'_, Result<Vec<Incoming>, TransportError>> {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::Relaxed);
-            let taken = helper::take_waiting(&self.layout, &convert::take_options(&opts)).await?;
+            let mut watch = self.watch.lock().await;
+            let watch = watch.get_or_insert_with(|| helper::RequestWatch::new(self.layout.clone()));
+            let taken = watch.take(&convert::take_options(&opts)).await?;
             Ok(taken.into_iter().map(convert::incoming).collect())
         })
     }

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bridge_server::helper::session::{self, Command, Reply};
+use bridge_server::helper::Taken;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::io::{AsyncReadExt as _, BufReader};
 use tokio::sync::oneshot;
@@ -41,8 +42,13 @@ pub struct StreamTransport {
     /// Bound for opening a session and for each reply (beyond a take's own wait).
     reply_timeout: Duration,
     current: tokio::sync::Mutex<Option<Arc<Session>>>,
+    /// Requests a take claimed after its caller gave up on it: the next take returns them.
+    orphans: Orphans,
     opened: AtomicU64,
 }
+
+/// Taken requests whose take call was dropped before the reply came.
+type Orphans = Arc<Mutex<Vec<Taken>>>;
 
 impl StreamTransport {
     /// `binary` is the gateway's path inside the sandbox.
@@ -58,6 +64,7 @@ impl StreamTransport {
             binary,
             reply_timeout,
             current: tokio::sync::Mutex::new(None),
+            orphans: Orphans::default(),
             opened: AtomicU64::new(0),
         }
     }
@@ -92,7 +99,8 @@ impl StreamTransport {
             inherit_output: false,
         };
         let stream = self.runner.stream(spawn).await?;
-        let session = Arc::new(Session::open(stream, self.reply_timeout).await?);
+        let session =
+            Arc::new(Session::open(stream, self.reply_timeout, self.orphans.clone()).await?);
         tracing::debug!("helper session open");
         *current = Some(session.clone());
         Ok(session)
@@ -113,7 +121,12 @@ impl Transport for StreamTransport {
         Box::pin(async move {
             let command = Command::Take(convert::take_options(&opts));
             match self.call(command, opts.wait).await? {
-                Reply::Taken(taken) => Ok(taken.into_iter().map(convert::incoming).collect()),
+                Reply::Taken(mut taken) => {
+                    if let Ok(mut orphans) = self.orphans.lock() {
+                        taken.splice(0..0, orphans.drain(..));
+                    }
+                    Ok(taken.into_iter().map(convert::incoming).collect())
+                }
                 _ => Err(TransportError::Garbled("a take got a put's reply".into())),
             }
         })
@@ -152,8 +165,14 @@ enum Waiters {
 }
 
 /// One open session.
+/// The session's stdin, shared by calls and cancellations, with the cancellations not
+/// written yet: each is written before the next command, so it overtakes nothing.
+type Input = Arc<tokio::sync::Mutex<Pin<Box<dyn AsyncWrite + Send>>>>;
+type PendingCancels = Arc<Mutex<Vec<u64>>>;
+
 struct Session {
-    input: tokio::sync::Mutex<Pin<Box<dyn AsyncWrite + Send>>>,
+    input: Input,
+    cancels: PendingCancels,
     waiters: Arc<Mutex<Waiters>>,
     next_seq: AtomicU64,
     process: Mutex<tokio::process::Child>,
@@ -162,7 +181,11 @@ struct Session {
 
 impl Session {
     /// Waits (bounded) for the session's greeting, then starts routing its replies.
-    async fn open(stream: ExecStream, bound: Duration) -> Result<Self, TransportError> {
+    async fn open(
+        stream: ExecStream,
+        bound: Duration,
+        orphans: Orphans,
+    ) -> Result<Self, TransportError> {
         let ExecStream {
             stdin,
             stdout,
@@ -184,9 +207,10 @@ impl Session {
             }));
         }
         let waiters = Arc::new(Mutex::new(Waiters::Open(HashMap::new())));
-        let reader = tokio::spawn(route_replies(stdout, waiters.clone(), stderr_tail));
+        let reader = tokio::spawn(route_replies(stdout, waiters.clone(), orphans, stderr_tail));
         Ok(Self {
-            input: tokio::sync::Mutex::new(stdin),
+            input: Arc::new(tokio::sync::Mutex::new(stdin)),
+            cancels: PendingCancels::default(),
             waiters,
             next_seq: AtomicU64::new(1),
             process: Mutex::new(process),
@@ -205,17 +229,25 @@ impl Session {
             Waiters::Open(map) => map.insert(seq, tx),
             Waiters::Closed(why) => return Err(TransportError::Session(why.clone())),
         };
+        // A take given up on (a stopping worker drops it) must not keep the session's
+        // watch busy for the rest of its wait.
+        let mut cancel = matches!(command, Command::Take(_)).then(|| CancelOnDrop {
+            seq,
+            input: self.input.clone(),
+            pending: self.cancels.clone(),
+        });
         let mut line = session::command_line(seq, &command);
         line.push('\n');
         let exchange = async {
-            let mut input = self.input.lock().await;
-            input.write_all(line.as_bytes()).await?;
-            input.flush().await?;
-            drop(input);
+            send(&self.input, &self.cancels, &line).await?;
             rx.await
                 .map_err(|_| io::Error::other("the session ended before it replied"))
         };
-        match tokio::time::timeout(bound, exchange).await {
+        let outcome = tokio::time::timeout(bound, exchange).await;
+        if let Some(cancel) = cancel.as_mut() {
+            cancel.seq = 0; // answered, or the session is about to be killed: nothing to cancel
+        }
+        match outcome {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => Err(TransportError::Session(
                 self.why_closed().unwrap_or(e.to_string()),
@@ -263,11 +295,50 @@ impl Drop for Session {
     }
 }
 
+/// Writes the pending cancellations, then `line` (if any).
+async fn send(input: &Input, pending: &PendingCancels, line: &str) -> io::Result<()> {
+    let mut input = input.lock().await;
+    let cancels: Vec<u64> = pending
+        .lock()
+        .map(|mut p| p.drain(..).collect())
+        .unwrap_or_default();
+    for take in cancels {
+        let cancel = session::command_line(0, &Command::Cancel(take));
+        input.write_all(format!("{cancel}\n").as_bytes()).await?;
+    }
+    input.write_all(line.as_bytes()).await?;
+    input.flush().await
+}
+
+/// Cancels take `seq` in the session when its call is dropped unanswered (`seq` 0: no).
+struct CancelOnDrop {
+    seq: u64,
+    input: Input,
+    pending: PendingCancels,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.seq == 0 {
+            return;
+        }
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.push(self.seq);
+        }
+        // Sent now if possible, else ahead of the next command.
+        let (input, pending) = (self.input.clone(), self.pending.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { send(&input, &pending, "").await });
+        }
+    }
+}
+
 /// Hands each reply to its waiting call; closes the waiters when the stream ends or
 /// carries something unreadable.
 async fn route_replies<R: AsyncBufRead + Unpin>(
     mut stdout: R,
     waiters: Arc<Mutex<Waiters>>,
+    orphans: Orphans,
     stderr_tail: Arc<Mutex<String>>,
 ) {
     let why = loop {
@@ -279,10 +350,17 @@ async fn route_replies<R: AsyncBufRead + Unpin>(
         let Some((seq, reply)) = session::parse_reply(&line) else {
             break "the helper session sent an unreadable line".to_owned();
         };
-        if let Ok(Waiters::Open(map)) = waiters.lock().as_deref_mut() {
-            if let Some(waiter) = map.remove(&seq) {
-                let _ = waiter.send(reply);
-            }
+        let waiter = match waiters.lock().as_deref_mut() {
+            Ok(Waiters::Open(map)) => map.remove(&seq),
+            _ => None,
+        };
+        let unheard = match waiter {
+            Some(waiter) => waiter.send(reply).err(),
+            None => Some(reply),
+        };
+        // Requests claimed for a caller that gave up are kept for the next take.
+        if let (Some(Reply::Taken(taken)), Ok(mut orphans)) = (unheard, orphans.lock()) {
+            orphans.extend(taken);
         }
     };
     // Give a dying helper's last words a moment to arrive.

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use bridge_protocol::layout::{self, QueueLayout};
 
 pub use lines::{parse_put_result, parse_taken, put_result_line, taken_line};
-pub use wait::take_waiting;
+pub use wait::{take_waiting, RequestWatch};
 
 /// What one `take` returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

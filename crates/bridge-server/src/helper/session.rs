@@ -7,12 +7,16 @@
 //! - `{"seq":N,"take":{"waitMs","maxBytes","envelopeBytes","includeClaimed"}}` with
 //!   `{"seq":N,"taken":[...]}` (items as `take` prints them);
 //! - `{"seq":N,"put":[{"id","file"}...]}` with `{"seq":N,"put":[{"id","result"}...]}`;
+//! - `{"cancel":N}`: take N stops waiting and, if it has claimed nothing yet, replies with
+//!   an empty batch at once (the host gave up on it: a stopping worker);
 //! - anything it cannot act on with `{"seq":N,"error":"..."}` (`seq` 0 if unreadable).
 //!
 //! Commands run concurrently (a take may wait while puts go through), so replies come in
 //! any order; `seq` pairs them. The session ends when its stdin does (the host is gone).
 
+use std::collections::HashMap;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
@@ -20,10 +24,10 @@ use base64::Engine as _;
 use bridge_protocol::layout::QueueLayout;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use super::{lines, Put, TakeOptions, Taken};
+use super::{lines, Put, RequestWatch, TakeOptions, Taken};
 
 /// The first line a session prints; its version is the wire's.
 pub const HELLO: &str = r#"{"session":1}"#;
@@ -33,6 +37,8 @@ pub const HELLO: &str = r#"{"session":1}"#;
 pub enum Command {
     Take(TakeOptions),
     Put(Vec<(String, Vec<u8>)>),
+    /// Stop waiting in take `seq` (no reply of its own).
+    Cancel(u64),
 }
 
 /// A reply, as the session sends it.
@@ -59,6 +65,7 @@ pub fn command_line(seq: u64, command: &Command) -> String {
                 .collect();
             json!({ "seq": seq, "put": items })
         }
+        Command::Cancel(take) => json!({ "cancel": take }),
     }
     .to_string()
 }
@@ -69,7 +76,9 @@ pub fn parse_command(line: &str) -> (u64, Result<Command, String>) {
         return (0, Err("a command line is not JSON".into()));
     };
     let seq = v["seq"].as_u64().unwrap_or(0);
-    let command = if let Some(take) = v.get("take") {
+    let command = if let Some(take) = v["cancel"].as_u64() {
+        Ok(Command::Cancel(take))
+    } else if let Some(take) = v.get("take") {
         take_options(take).map(Command::Take)
     } else if let Some(items) = v["put"].as_array() {
         items
@@ -160,35 +169,63 @@ where
     let _ = replies.send(HELLO.to_owned());
     let mut lines = BufReader::new(input).lines();
     let mut takes = JoinSet::new();
+    let mut cancels: HashMap<u64, oneshot::Sender<()>> = HashMap::new();
+    // One watch for the session: takes queue for it (the host sends one at a time).
+    let watch = Arc::new(tokio::sync::Mutex::new(RequestWatch::new(layout.clone())));
     while let Some(line) = lines.next_line().await? {
         if line.trim().is_empty() {
             continue;
         }
         match parse_command(&line) {
             (seq, Ok(Command::Take(opts))) => {
-                let (layout, replies) = (layout.clone(), replies.clone());
-                takes.spawn(async move {
-                    let reply = match super::take_waiting(&layout, &opts).await {
-                        Ok(taken) => Reply::Taken(taken),
-                        Err(e) => Reply::Error(format!("take failed: {e}")),
-                    };
-                    let _ = replies.send(reply_line(seq, &reply));
-                });
+                let (cancel, cancelled) = oneshot::channel();
+                cancels.insert(seq, cancel);
+                takes.spawn(take(seq, opts, watch.clone(), cancelled, replies.clone()));
             }
             // Puts are a few file operations each: done in line, in arrival order.
             (seq, Ok(Command::Put(files))) => {
                 let _ = replies.send(reply_line(seq, &put_all(&layout, files)));
             }
+            (_, Ok(Command::Cancel(take))) => {
+                if let Some(cancel) = cancels.remove(&take) {
+                    let _ = cancel.send(());
+                }
+            }
             (seq, Err(why)) => {
                 let _ = replies.send(reply_line(seq, &Reply::Error(why)));
             }
         }
-        while takes.try_join_next().is_some() {}
+        while let Some(done) = takes.try_join_next() {
+            if let Ok(seq) = done {
+                cancels.remove(&seq);
+            }
+        }
     }
     // The host is gone: a waiting take has claimed nothing yet, so stopping it loses nothing.
     takes.abort_all();
     drop(replies);
     writer.await.map_err(io::Error::other)?
+}
+
+/// Take `seq`: waits for the watch and then for a request, unless cancelled first (a
+/// cancelled take has claimed nothing: claiming happens after the wait, without a pause).
+async fn take(
+    seq: u64,
+    opts: TakeOptions,
+    watch: Arc<tokio::sync::Mutex<RequestWatch>>,
+    cancelled: oneshot::Receiver<()>,
+    replies: mpsc::UnboundedSender<String>,
+) -> u64 {
+    let taken = async { watch.lock().await.take(&opts).await };
+    let reply = tokio::select! {
+        taken = taken => match taken {
+            Ok(taken) => Reply::Taken(taken),
+            Err(e) => Reply::Error(format!("take failed: {e}")),
+        },
+        _ = cancelled => Reply::Taken(Vec::new()),
+    };
+    let _ = replies.send(reply_line(seq, &reply));
+    seq
 }
 
 fn put_all(layout: &QueueLayout, files: Vec<(String, Vec<u8>)>) -> Reply {
@@ -233,9 +270,9 @@ mod tests {
             include_claimed: true,
         });
         let put = Command::Put(vec![("a".into(), vec![0, 255]), ("b".into(), Vec::new())]);
-        for command in [take, put] {
-            let (seq, parsed) = parse_command(&command_line(42, &command));
-            assert_eq!((seq, parsed), (42, Ok(command)));
+        for command in [take, put, Command::Cancel(41)] {
+            let (_, parsed) = parse_command(&command_line(42, &command));
+            assert_eq!(parsed, Ok(command));
         }
         assert!(parse_command(r#"{"seq":3,"take":{"waitMs":1}}"#).1.is_err());
         assert!(parse_command(r#"{"seq":3,"put":[{"id":"a","file":"%%"}]}"#)

@@ -29,6 +29,9 @@ pub struct BenchArgs {
     /// Measure how cost grows with 1, 10 and 100 bridges instead of the matrix.
     #[arg(long)]
     pub scale: bool,
+    /// Only this transport's cells (stream, helper, posix or shared-fs).
+    #[arg(long, value_name = "NAME")]
+    pub transport: Option<String>,
 }
 
 /// One cell of the matrix.
@@ -38,58 +41,27 @@ struct Cell {
     u: u64,
 }
 
-const MATRIX: &[Cell] = &[
-    Cell {
-        transport: "helper",
-        d: 0,
-        u: 0,
-    },
-    Cell {
-        transport: "helper",
-        d: 0,
-        u: 50,
-    },
-    Cell {
-        transport: "helper",
-        d: 25,
-        u: 0,
-    },
-    Cell {
-        transport: "helper",
-        d: 25,
-        u: 50,
-    },
-    Cell {
-        transport: "posix",
-        d: 0,
-        u: 0,
-    },
-    Cell {
-        transport: "posix",
-        d: 0,
-        u: 50,
-    },
-    Cell {
-        transport: "posix",
-        d: 25,
-        u: 0,
-    },
-    Cell {
-        transport: "posix",
-        d: 25,
-        u: 50,
-    },
-    Cell {
-        transport: "shared-fs",
-        d: 0,
-        u: 0,
-    },
-    Cell {
-        transport: "shared-fs",
-        d: 0,
-        u: 50,
-    },
-];
+/// The exec-based transports, measured at every `d` and `u`; shared-fs needs no exec, so
+/// only at `d` = 0.
+const EXEC_TRANSPORTS: &[&str] = &["stream", "helper", "posix"];
+
+fn matrix(only: Option<&str>) -> Vec<Cell> {
+    let mut cells = Vec::new();
+    for &transport in EXEC_TRANSPORTS.iter().chain(&["shared-fs"]) {
+        let delays: &[u64] = if transport == "shared-fs" {
+            &[0]
+        } else {
+            &[0, 25]
+        };
+        for &d in delays {
+            for u in [0, 50] {
+                cells.push(Cell { transport, d, u });
+            }
+        }
+    }
+    cells.retain(|c| only.is_none_or(|t| t == c.transport));
+    cells
+}
 
 pub async fn bench(args: BenchArgs) -> Result<ExitCode> {
     if args.scale {
@@ -98,8 +70,12 @@ pub async fn bench(args: BenchArgs) -> Result<ExitCode> {
         println!("{}", json!({ "cores": cores(), "scale": rows }));
         return Ok(ExitCode::SUCCESS);
     }
+    let cells = matrix(args.transport.as_deref());
+    if cells.is_empty() {
+        bail!("no transport named {:?}", args.transport);
+    }
     let mut rows = Vec::new();
-    for cell in MATRIX {
+    for cell in &cells {
         eprintln!("bench: {} d={}ms u={}ms", cell.transport, cell.d, cell.u);
         rows.push(
             run_cell(&args, cell)
@@ -185,13 +161,15 @@ async fn measure(
     let mut seq_lat = latencies(&seq)?;
     seq_lat.drain(..10.min(seq_lat.len()));
     let before = execs();
+    let session = session_pid(bridge.queue_dir());
     let sampler = tokio::spawn(async move {
-        let mut peak = 0;
+        let (mut gateway, mut helper) = (0, 0);
         for _ in 0..100 {
-            peak = peak.max(rss_kib(gateway_pid));
+            gateway = gateway.max(rss_kib(gateway_pid));
+            helper = helper.max(session.map_or(0, rss_kib));
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        peak
+        (gateway, helper)
     });
     let seconds = args.load_seconds.to_string();
     let conc = load(
@@ -201,7 +179,7 @@ async fn measure(
         &["--concurrency", "16", "--seconds", &seconds],
     )
     .await?;
-    let gw_loaded = sampler.await.unwrap_or(0);
+    let (gw_loaded, helper_loaded) = sampler.await.unwrap_or((0, 0));
     let conc_lat = latencies(&conc)?;
     let conc_n = conc_lat.len();
     let load_execs = (execs() - before) as f64 / conc_n.max(1) as f64;
@@ -219,6 +197,7 @@ async fn measure(
         "c16_req_per_s": throughput, "c16_p50_ms": pct(&conc_lat, 50), "c16_p99_ms": pct(&conc_lat, 99),
         "execs_per_req_seq": seq_execs, "execs_per_req_c16": load_execs, "idle_execs_per_s": idle,
         "gateway_rss_idle_kib": rss_kib(gateway_pid), "gateway_rss_loaded_kib": gw_loaded,
+        "session_rss_loaded_kib": session.map(|_| helper_loaded),
         "host_rss_kib": rss_kib(std::process::id()), "startup_ms": startup_ms,
     }))
 }
@@ -271,6 +250,21 @@ fn pct(sorted: &[f64], p: usize) -> f64 {
     sorted[((sorted.len() - 1) * p / 100).min(sorted.len() - 1)]
 }
 
+/// The pid of the streaming transport's session process for `queue`, if there is one.
+fn session_pid(queue: &std::path::Path) -> Option<u32> {
+    let needle = format!("session\0--queue-dir\0{}", queue.display());
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(&needle)
+                .then_some(pid)
+        })
+}
+
 /// Resident memory of `pid` in KiB (0 when it cannot be read).
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -297,20 +291,24 @@ fn cores() -> usize {
 }
 
 fn print_table(rows: &[Value]) {
-    println!("| transport | d | u | seq p50 / p95 / p99 (ms) | c=16 req/s | c=16 p50 / p99 (ms) | execs/req seq | execs/req c=16 | idle execs/s | gateway RSS idle / loaded | host RSS | start-up |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| transport | d | u | seq p50 / p95 / p99 (ms) | c=16 req/s | c=16 p50 / p99 (ms) | execs/req seq | execs/req c=16 | idle execs/s | gateway RSS idle / loaded | session RSS loaded | host RSS | start-up |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         let idle = r["idle_execs_per_s"]
             .as_f64()
             .map(|v| format!("{v:.2}"))
             .unwrap_or_else(|| "-".into());
+        let session = r["session_rss_loaded_kib"]
+            .as_f64()
+            .map(|v| format!("{:.1} MiB", v / 1024.0))
+            .unwrap_or_else(|| "-".into());
         println!(
-            "| {} | {} ms | {} ms | {:.1} / {:.1} / {:.1} | {:.0} | {:.1} / {:.1} | {:.2} | {:.2} | {} | {:.1} / {:.1} MiB | {:.1} MiB | {:.0} ms |",
+            "| {} | {} ms | {} ms | {:.1} / {:.1} / {:.1} | {:.0} | {:.1} / {:.1} | {:.2} | {:.2} | {} | {:.1} / {:.1} MiB | {} | {:.1} MiB | {:.0} ms |",
             r["transport"].as_str().unwrap_or("?"), r["d_ms"], r["u_ms"],
             f("seq_p50_ms"), f("seq_p95_ms"), f("seq_p99_ms"), f("c16_req_per_s"), f("c16_p50_ms"), f("c16_p99_ms"),
             f("execs_per_req_seq"), f("execs_per_req_c16"), idle,
-            f("gateway_rss_idle_kib") / 1024.0, f("gateway_rss_loaded_kib") / 1024.0, f("host_rss_kib") / 1024.0, f("startup_ms"),
+            f("gateway_rss_idle_kib") / 1024.0, f("gateway_rss_loaded_kib") / 1024.0, session, f("host_rss_kib") / 1024.0, f("startup_ms"),
         );
     }
 }

@@ -37,16 +37,18 @@ async fn run(args: &BenchArgs, n: usize) -> Result<Value> {
     let rss_before = host_rss();
     let started = Instant::now();
     let mut fleet: Vec<(Arc<NetnsSandbox>, BridgeHandle, PathBuf)> = Vec::new();
+    // One HTTP client for the whole fleet, as an orchestrator would hold it.
+    let api = Upstream::new(
+        &upstream.url(),
+        Secret::new("scale-key".into()),
+        None,
+        Duration::from_secs(30),
+    )?;
     for i in 0..n {
         let dir = root.join(i.to_string());
         std::fs::create_dir_all(&dir)?;
         let sandbox = Arc::new(NetnsSandbox::create(&dir).await?);
-        let client = Upstream::new(
-            &upstream.url(),
-            Secret::new("scale-key".into()),
-            None,
-            Duration::from_secs(30),
-        )?;
+        let client = api.for_run(Secret::new("scale-key".into()), Some(format!("run-{i}")));
         let config = BridgeConfig::new(args.gateway_bin.clone(), dir.clone(), client);
         let bridge = Bridge::start(sandbox.clone(), config).await?;
         fleet.push((sandbox, bridge, dir));
