@@ -22,7 +22,7 @@ pub use shared_fs::SharedFsTransport;
 pub use stream::StreamTransport;
 
 /// What `take` should return.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TakeOptions {
     /// Wait up to this long inside the sandbox for a request to appear (long poll).
     pub wait: Duration,
@@ -124,4 +124,11 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
 
     /// How many execs this transport has made (for benchmarks and budgets).
     fn exec_count(&self) -> u64;
+
+    /// How many `deliver` calls may be under way at once. One for exec-based transports
+    /// (answers that become ready meanwhile join the next batch: fewer execs); more where
+    /// a call is only a message, so no answer waits for the previous batch's round trip.
+    fn concurrent_delivers(&self) -> usize {
+        1
+    }
 }

@@ -279,22 +279,37 @@ pub(crate) struct Pending {
     since: Instant,
 }
 
-/// Delivers answers in batches (everything ready goes in one call), retrying failures
-/// with backoff; gives up on an answer only when its caller cannot be waiting any more.
+/// Delivers answers in batches (everything ready goes in one call), up to the
+/// transport's `concurrent_delivers` calls at once; each batch is retried with backoff and
+/// an answer is given up only when its caller cannot be waiting any more.
 async fn deliver_loop(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<Pending>) {
-    let give_up_after = shared.config.response_timeout + Duration::from_secs(5);
-    let mut backoff = Backoff::new(&shared.config);
-    let mut batch: Vec<Pending> = Vec::new();
-    loop {
-        if batch.is_empty() {
-            match queue.recv().await {
-                Some(p) => batch.push(p),
-                None => return,
-            }
-        }
+    let slots = Arc::new(Semaphore::new(
+        shared.transport.concurrent_delivers().max(1),
+    ));
+    let mut calls = JoinSet::new();
+    while let Some(first) = queue.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        // Gathered once a slot is free, so answers ready meanwhile share this call.
+        let mut batch = vec![first];
         while let Ok(p) = queue.try_recv() {
             batch.push(p);
         }
+        calls.spawn(deliver_batch(shared.clone(), batch, slot));
+        while calls.try_join_next().is_some() {}
+    }
+    while calls.join_next().await.is_some() {}
+}
+
+async fn deliver_batch(
+    shared: Arc<Shared>,
+    mut batch: Vec<Pending>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    let give_up_after = shared.config.response_timeout + Duration::from_secs(5);
+    let mut backoff = Backoff::new(&shared.config);
+    loop {
         batch.retain(|p| {
             let keep = p.since.elapsed() < give_up_after;
             if !keep {
@@ -304,16 +319,15 @@ async fn deliver_loop(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<Pe
             keep
         });
         if batch.is_empty() {
-            continue;
+            return;
         }
         let outgoing: Vec<Outgoing> = batch.iter().map(|p| p.outgoing.clone()).collect();
         match shared.transport.deliver(outgoing).await {
             Ok(results) => {
-                backoff.reset();
                 for (id, delivery) in results {
                     shared.record_delivery(&id, delivery);
                 }
-                batch.clear();
+                return;
             }
             Err(e) => {
                 shared

@@ -140,3 +140,42 @@ async fn a_take_given_up_on_stops_waiting_in_the_session() {
     assert_eq!(swept.len(), 1);
     assert_eq!(t.exec_count(), 1);
 }
+
+#[tokio::test]
+async fn what_the_early_poll_claimed_reaches_the_sweep_as_never_sent() {
+    let dir = queue_dir();
+    let t = transport(dir.path(), gateway_bin(), Duration::from_secs(60));
+    let long_poll = TakeOptions {
+        wait: Duration::from_secs(30),
+        ..take_opts()
+    };
+    write_request(dir.path(), "r1", "{}");
+    assert_eq!(t.take(long_poll).await.unwrap()[0].id, "r1");
+    // The next long poll is already waiting in the session, and claims r2 at once.
+    write_request(dir.path(), "r2", "{}");
+    let claim = dir.path().join("requests/r2.claimed");
+    for _ in 0..200 {
+        if claim.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(claim.exists(), "the early poll did not take r2");
+    // The worker stops: its sweep looks at everything, claimed or not.
+    let sweep = TakeOptions {
+        include_claimed: true,
+        ..take_opts()
+    };
+    let swept = tokio::time::timeout(Duration::from_secs(5), t.take(sweep))
+        .await
+        .expect("the sweep waited behind the early poll")
+        .unwrap();
+    // r1 was taken (and not answered) before: it is claimed. r2 comes once, as ours.
+    let r2: Vec<_> = swept.iter().filter(|i| i.id == "r2").collect();
+    assert_eq!(r2.len(), 1, "{swept:?}");
+    assert!(
+        !r2[0].previously_claimed,
+        "r2 was never forwarded: it must not be answered as indeterminate"
+    );
+    assert!(swept.iter().any(|i| i.id == "r1" && i.previously_claimed));
+}

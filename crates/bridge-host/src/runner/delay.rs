@@ -37,7 +37,9 @@ impl DelayRunner {
 impl Runner for DelayRunner {
     fn exec(&self, exec: Exec) -> BoxFuture<'_, Result<ExecOutput, RunnerError>> {
         Box::pin(async move {
-            tokio::time::sleep(self.delay).await;
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
             self.inner.exec(exec).await
         })
     }
@@ -48,10 +50,13 @@ impl Runner for DelayRunner {
 
     fn stream(&self, spawn: Spawn) -> BoxFuture<'_, Result<ExecStream, RunnerError>> {
         Box::pin(async move {
+            let inner = self.inner.stream(spawn).await?;
+            if self.delay.is_zero() {
+                return Ok(inner); // no delay lines: each would still cost a timer tick
+            }
             // The request to start travels one way; the greeting comes back the other.
             let one_way = self.delay / 2;
             tokio::time::sleep(one_way).await;
-            let inner = self.inner.stream(spawn).await?;
             Ok(ExecStream {
                 stdin: delayed_writer(inner.stdin, one_way),
                 stdout: delayed_reader(inner.stdout, one_way),
@@ -111,7 +116,9 @@ where
     });
     tokio::spawn(async move {
         while let Some((at, bytes)) = due.recv().await {
-            tokio::time::sleep_until(at).await;
+            if at > Instant::now() {
+                tokio::time::sleep_until(at).await;
+            }
             if to.write_all(&bytes).await.is_err() || to.flush().await.is_err() {
                 return;
             }

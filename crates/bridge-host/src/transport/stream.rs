@@ -7,7 +7,7 @@
 //! call fails like a failed exec, and the next call opens a new session. The worker's
 //! retry and recovery rules cover whatever was lost with it, exactly as for lost execs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -30,6 +30,10 @@ const SESSION: &str = r#"exec "$BIN" session --queue-dir "$Q""#;
 /// Longest reply line accepted from the (untrusted) session. A take reply is bounded by
 /// the batch and envelope limits (in base64), far below this.
 const MAX_REPLY_LINE: usize = 256 * 1024 * 1024;
+/// Long polls kept waiting in the session beyond the one being answered.
+const POLLS_AHEAD: usize = 2;
+/// Put commands under way at once on one session.
+const CONCURRENT_PUTS: usize = 4;
 /// Bytes of the session's stderr kept for error messages.
 const STDERR_TAIL: usize = 4096;
 
@@ -44,6 +48,10 @@ pub struct StreamTransport {
     current: tokio::sync::Mutex<Option<Arc<Session>>>,
     /// Requests a take claimed after its caller gave up on it: the next take returns them.
     orphans: Orphans,
+    /// Long polls sent ahead ([`POLLS_AHEAD`]): while one reply travels to the host and the
+    /// worker handles it, the next poll already waits in the session, so a request never
+    /// waits for a take to arrive.
+    ahead: tokio::sync::Mutex<VecDeque<(TakeOptions, Sent)>>,
     opened: AtomicU64,
 }
 
@@ -65,14 +73,31 @@ impl StreamTransport {
             reply_timeout,
             current: tokio::sync::Mutex::new(None),
             orphans: Orphans::default(),
+            ahead: tokio::sync::Mutex::new(VecDeque::new()),
             opened: AtomicU64::new(0),
         }
     }
 
     /// Sends `command` and waits (at most `extra_wait` + the reply bound) for its reply.
     async fn call(&self, command: Command, extra_wait: Duration) -> Result<Reply, TransportError> {
+        let sent = self.send(command).await?;
+        self.finish(sent, extra_wait + self.reply_timeout).await
+    }
+
+    /// Sends `command` on the open (or a new) session.
+    async fn send(&self, command: Command) -> Result<Sent, TransportError> {
         let session = self.session().await?;
-        let result = session.call(command, extra_wait + self.reply_timeout).await;
+        let sent = Session::send(&session, command, &self.orphans).await;
+        if sent.is_err() {
+            self.discard(&session).await;
+        }
+        sent
+    }
+
+    /// Waits up to `bound` for the reply to `sent`; a session that fails is discarded.
+    async fn finish(&self, sent: Sent, bound: Duration) -> Result<Reply, TransportError> {
+        let session = sent.session.clone();
+        let result = sent.wait(bound).await;
         if result.is_err() {
             self.discard(&session).await;
         }
@@ -119,16 +144,43 @@ impl StreamTransport {
 impl Transport for StreamTransport {
     fn take(&self, opts: TakeOptions) -> BoxFuture<'_, Result<Vec<Incoming>, TransportError>> {
         Box::pin(async move {
-            let command = Command::Take(convert::take_options(&opts));
-            match self.call(command, opts.wait).await? {
-                Reply::Taken(mut taken) => {
-                    if let Ok(mut orphans) = self.orphans.lock() {
-                        taken.splice(0..0, orphans.drain(..));
-                    }
-                    Ok(taken.into_iter().map(convert::incoming).collect())
+            let command = || Command::Take(convert::take_options(&opts));
+            let mut ahead = self.ahead.lock().await;
+            let sent = match ahead.pop_front() {
+                Some((early, sent)) if early == opts => sent,
+                other => {
+                    // Recovery or the sweep: cancel the early polls first (what they claimed
+                    // comes back as orphans), so this take does not wait behind them.
+                    drop(other);
+                    ahead.clear();
+                    self.send(command()).await?
                 }
-                _ => Err(TransportError::Garbled("a take got a put's reply".into())),
+            };
+            let reply = match self.finish(sent, opts.wait + self.reply_timeout).await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    ahead.clear(); // they went to the failed session
+                    return Err(e);
+                }
+            };
+            let Reply::Taken(mut taken) = reply else {
+                return Err(TransportError::Garbled("a take got a put's reply".into()));
+            };
+            if !opts.wait.is_zero() && !opts.include_claimed {
+                while ahead.len() < POLLS_AHEAD {
+                    // If this fails, the next take opens a new session.
+                    let Ok(sent) = self.send(command()).await else {
+                        break;
+                    };
+                    ahead.push_back((opts, sent));
+                }
             }
+            if let Ok(mut orphans) = self.orphans.lock() {
+                // A recovering take sees an orphan's claim: the orphan (ours, unsent) wins.
+                taken.retain(|t| !orphans.iter().any(|o| o.id == t.id));
+                taken.splice(0..0, orphans.drain(..));
+            }
+            Ok(taken.into_iter().map(convert::incoming).collect())
         })
     }
 
@@ -153,6 +205,10 @@ impl Transport for StreamTransport {
 
     fn exec_count(&self) -> u64 {
         self.opened.load(Ordering::Relaxed)
+    }
+
+    fn concurrent_delivers(&self) -> usize {
+        CONCURRENT_PUTS
     }
 }
 
@@ -222,38 +278,39 @@ impl Session {
         matches!(self.waiters.lock().as_deref(), Ok(Waiters::Open(_)))
     }
 
-    async fn call(&self, command: Command, bound: Duration) -> Result<Reply, TransportError> {
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+    /// Writes `command`; the reply is awaited with [`Sent::wait`].
+    async fn send(
+        session: &Arc<Session>,
+        command: Command,
+        orphans: &Orphans,
+    ) -> Result<Sent, TransportError> {
+        let seq = session.next_seq.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        match &mut *self.lock_waiters() {
+        match &mut *session.lock_waiters() {
             Waiters::Open(map) => map.insert(seq, tx),
             Waiters::Closed(why) => return Err(TransportError::Session(why.clone())),
         };
         // A take given up on (a stopping worker drops it) must not keep the session's
         // watch busy for the rest of its wait.
-        let mut cancel = matches!(command, Command::Take(_)).then(|| CancelOnDrop {
+        let cancel = matches!(command, Command::Take(_)).then(|| CancelOnDrop {
             seq,
-            input: self.input.clone(),
-            pending: self.cancels.clone(),
+            input: session.input.clone(),
+            pending: session.cancels.clone(),
         });
+        let sent = Sent {
+            session: session.clone(),
+            reply: ReplySlot {
+                rx,
+                orphans: orphans.clone(),
+            },
+            cancel,
+        };
         let mut line = session::command_line(seq, &command);
         line.push('\n');
-        let exchange = async {
-            send(&self.input, &self.cancels, &line).await?;
-            rx.await
-                .map_err(|_| io::Error::other("the session ended before it replied"))
-        };
-        let outcome = tokio::time::timeout(bound, exchange).await;
-        if let Some(cancel) = cancel.as_mut() {
-            cancel.seq = 0; // answered, or the session is about to be killed: nothing to cancel
-        }
-        match outcome {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(e)) => Err(TransportError::Session(
-                self.why_closed().unwrap_or(e.to_string()),
-            )),
-            Err(_) => Err(TransportError::TimedOut(bound)),
-        }
+        send(&session.input, &session.cancels, &line)
+            .await
+            .map_err(|e| TransportError::Session(session.why_closed().unwrap_or(e.to_string())))?;
+        Ok(sent)
     }
 
     fn lock_waiters(&self) -> std::sync::MutexGuard<'_, Waiters> {
@@ -292,6 +349,54 @@ impl std::fmt::Debug for Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.kill("the transport is gone");
+    }
+}
+
+/// A command written to a session, its reply still to come.
+struct Sent {
+    session: Arc<Session>,
+    reply: ReplySlot,
+    cancel: Option<CancelOnDrop>,
+}
+
+impl Sent {
+    async fn wait(mut self, bound: Duration) -> Result<Reply, TransportError> {
+        let outcome = tokio::time::timeout(bound, &mut self.reply.rx).await;
+        if let Some(cancel) = self.cancel.as_mut() {
+            cancel.seq = 0; // answered, or the session is about to be killed: nothing to cancel
+        }
+        match outcome {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(TransportError::Session(
+                self.session
+                    .why_closed()
+                    .unwrap_or_else(|| "the session ended before it replied".into()),
+            )),
+            Err(_) => Err(TransportError::TimedOut(bound)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Sent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sent").finish_non_exhaustive()
+    }
+}
+
+/// Where a reply arrives. Dropped with a take's reply in it (its caller gave up just as it
+/// came), the requests go to the orphans instead of being lost.
+struct ReplySlot {
+    rx: oneshot::Receiver<Reply>,
+    orphans: Orphans,
+}
+
+impl Drop for ReplySlot {
+    fn drop(&mut self) {
+        if let Ok(Reply::Taken(taken)) = self.rx.try_recv() {
+            if let Ok(mut orphans) = self.orphans.lock() {
+                orphans.extend(taken);
+            }
+        }
     }
 }
 

@@ -117,7 +117,10 @@ async fn answer(State(shared): State<Shared>, request: Request) -> Response {
             all.push(seen.clone());
         }
     }
-    tokio::time::sleep(shared.latency).await;
+    if !shared.latency.is_zero() {
+        // Even a zero sleep waits for the timer's next tick (up to 1 ms).
+        tokio::time::sleep(shared.latency).await;
+    }
     let _ = axum::body::to_bytes(body, 1 << 20).await;
     if !authorized {
         return (
