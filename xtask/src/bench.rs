@@ -47,14 +47,54 @@ fn bridge(extra: &[String]) -> Result<()> {
         "paperclip-bridge",
     ]))?;
     let cli = crate::target_dir().join("fast/paperclip-bridge");
-    crate::run(
-        Command::new(cli)
-            .arg("bench")
-            .args(extra)
-            .arg("--gateway-bin")
-            .arg(binary)
-            .env("RUST_LOG", "warn"),
-    )
+    let out = Command::new(cli)
+        .arg("bench")
+        .args(extra)
+        .arg("--gateway-bin")
+        .arg(binary)
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running paperclip-bridge bench")?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    print!("{report}");
+    if !out.status.success() {
+        bail!("paperclip-bridge bench failed: {}", out.status);
+    }
+    // A partial matrix (--transport) is for exploring; only whole runs are recorded.
+    match extra {
+        [] => record("bridge", &report),
+        [flag] if flag == "--scale" => record("scale", &report),
+        _ => Ok(()),
+    }
+}
+
+/// Replaces the generated block `name` in docs/benchmarks.md (between its two marker
+/// comments) with `report` (a Markdown table, then a JSON line) and the date.
+fn record(name: &str, report: &str) -> Result<()> {
+    let path = crate::workspace_root().join("docs/benchmarks.md");
+    let doc =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let (begin, end) = (
+        format!("<!-- generated: bench {name} -->"),
+        format!("<!-- end: bench {name} -->"),
+    );
+    let (Some(start), Some(stop)) = (doc.find(&begin), doc.find(&end)) else {
+        bail!("{} has no {begin} ... {end} block", path.display());
+    };
+    let table: Vec<&str> = report.lines().filter(|l| l.starts_with('|')).collect();
+    let json = report.lines().find(|l| l.starts_with('{')).unwrap_or("{}");
+    let date = Command::new("date").arg("+%Y-%m-%d").output()?;
+    let block = format!(
+        "{begin}\nRun on {}, {} cores:\n\n{}\n\n```json\n{json}\n```\n",
+        String::from_utf8_lossy(&date.stdout).trim(),
+        cores(),
+        table.join("\n"),
+    );
+    let updated = format!("{}{block}{}", &doc[..start], &doc[stop..]);
+    std::fs::write(&path, updated).with_context(|| format!("writing {}", path.display()))?;
+    println!("recorded in {}", path.display());
+    Ok(())
 }
 
 fn gateway() -> Result<()> {

@@ -474,6 +474,26 @@ async fn unreachable_upstream_is_502_before_sending_and_retryable() {
     worker.stop().await;
 }
 
+/// Twelve POSTs, one at a time (so lost takes and lost delivers both happen): each is
+/// answered 201 and reaches the upstream exactly once.
+async fn posts_one_at_a_time_are_each_forwarded_once(queue: &Path, recorder: &Recorder, tag: &str) {
+    for i in 0..12 {
+        let id = format!("{tag}{i}");
+        let path = format!("/api/issues/{id}/comments");
+        write_request(
+            queue,
+            &id,
+            &request_json(&id, "POST", &path, "{}", r#""{}""#),
+        );
+        assert_eq!(response(queue, &id).await.status, 201, "{id}");
+        std::fs::remove_file(queue.join(format!("responses/{id}.json"))).unwrap();
+    }
+    for i in 0..12 {
+        let path = format!("/api/issues/{tag}{i}/comments");
+        assert_eq!(recorder.count("POST", &path), 1, "{path}");
+    }
+}
+
 /// Runs every exec, but loses the result of every third one (reports a time-out), like an
 /// exec channel that drops after the command ran: the worst case for claims.
 #[derive(Debug)]
@@ -533,25 +553,7 @@ async fn execs_whose_results_are_lost_lose_no_request() {
         Duration::from_secs(10),
     ));
     let worker = start_on(transport, &recorder, config());
-    for i in 0..12 {
-        let id = format!("l{i}");
-        let path = format!("/api/issues/l{i}/comments");
-        write_request(
-            dir.path(),
-            &id,
-            &request_json(&id, "POST", &path, "{}", r#""{}""#),
-        );
-        // One at a time, so lost takes and lost delivers both happen.
-        assert_eq!(response(dir.path(), &id).await.status, 201, "{id}");
-        std::fs::remove_file(dir.path().join(format!("responses/{id}.json"))).unwrap();
-    }
-    for i in 0..12 {
-        assert_eq!(
-            recorder.count("POST", &format!("/api/issues/l{i}/comments")),
-            1,
-            "l{i}"
-        );
-    }
+    posts_one_at_a_time_are_each_forwarded_once(dir.path(), &recorder, "l").await;
     assert!(runner.calls.load(Ordering::SeqCst) >= 24);
     let _ = runner.capabilities();
     worker.stop().await;
@@ -634,25 +636,7 @@ async fn streams_that_break_off_lose_no_request() {
         Duration::from_secs(10),
     ));
     let worker = start_on(transport, &recorder, config());
-    for i in 0..12 {
-        let id = format!("s{i}");
-        let path = format!("/api/issues/s{i}/comments");
-        write_request(
-            dir.path(),
-            &id,
-            &request_json(&id, "POST", &path, "{}", r#""{}""#),
-        );
-        // One at a time, so lost take replies and lost put replies both happen.
-        assert_eq!(response(dir.path(), &id).await.status, 201, "{id}");
-        std::fs::remove_file(dir.path().join(format!("responses/{id}.json"))).unwrap();
-    }
-    for i in 0..12 {
-        assert_eq!(
-            recorder.count("POST", &format!("/api/issues/s{i}/comments")),
-            1,
-            "s{i}"
-        );
-    }
+    posts_one_at_a_time_are_each_forwarded_once(dir.path(), &recorder, "s").await;
     assert!(replies.load(Ordering::SeqCst) >= 24);
     assert!(worker.exec_count() >= 8, "a new session after each break");
     worker.stop().await;

@@ -15,39 +15,20 @@ pub struct LocalRunner;
 impl Runner for LocalRunner {
     fn exec(&self, exec: Exec) -> BoxFuture<'_, Result<ExecOutput, RunnerError>> {
         Box::pin(async move {
-            let mut command = Command::new("sh");
-            command
-                .arg("-c")
-                .arg(with_cwd(&exec.script, exec.cwd.as_deref()))
-                .env_clear()
-                .envs(base_env())
-                .envs(exec.env);
+            let command = local_sh(&exec.script, exec.cwd.as_deref(), exec.env);
             exec::run(command, exec.stdin, exec.timeout).await
         })
     }
 
     fn spawn(&self, spawn: Spawn) -> Result<tokio::process::Child, RunnerError> {
-        let mut command = Command::new("sh");
-        command
-            .arg("-c")
-            .arg(with_cwd(&spawn.script, spawn.cwd.as_deref()))
-            .env_clear()
-            .envs(base_env())
-            .envs(spawn.env)
-            .stdin(Stdio::null());
+        let mut command = local_sh(&spawn.script, spawn.cwd.as_deref(), spawn.env);
+        command.stdin(Stdio::null());
         start(command, spawn.inherit_output)
     }
 
     fn stream(&self, spawn: Spawn) -> BoxFuture<'_, Result<ExecStream, RunnerError>> {
         Box::pin(async move {
-            let mut command = Command::new("sh");
-            command
-                .arg("-c")
-                .arg(with_cwd(&spawn.script, spawn.cwd.as_deref()))
-                .env_clear()
-                .envs(base_env())
-                .envs(spawn.env);
-            exec::open_stream(command)
+            exec::open_stream(local_sh(&spawn.script, spawn.cwd.as_deref(), spawn.env))
         })
     }
 
@@ -57,6 +38,18 @@ impl Runner for LocalRunner {
             shared_fs: true,
         }
     }
+}
+
+/// This machine's `sh -c SCRIPT` in `cwd`, with a cleared environment plus `env`.
+fn local_sh(script: &str, cwd: Option<&std::path::Path>, env: Vec<(String, String)>) -> Command {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(with_cwd(script, cwd))
+        .env_clear()
+        .envs(base_env())
+        .envs(env);
+    command
 }
 
 /// Runs scripts through an exec prefix: `<prefix...> sh -c <script>`.
@@ -179,14 +172,7 @@ pub(super) fn start(
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
     }
     command.kill_on_drop(true);
-    let program = command
-        .as_std()
-        .get_program()
-        .to_string_lossy()
-        .into_owned();
-    command
-        .spawn()
-        .map_err(|source| RunnerError::Spawn { program, source })
+    exec::spawn(&mut command)
 }
 
 /// `<count>\n` + one `export NAME='value'` line per variable; a newline inside a value

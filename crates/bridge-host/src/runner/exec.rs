@@ -73,14 +73,7 @@ pub async fn run(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .process_group(0);
-    let program = command
-        .as_std()
-        .get_program()
-        .to_string_lossy()
-        .into_owned();
-    let mut child = command
-        .spawn()
-        .map_err(|source| RunnerError::Spawn { program, source })?;
+    let mut child = spawn(&mut command)?;
     let mut input = child.stdin.take();
     let writer = tokio::spawn(async move {
         if let Some(pipe) = input.as_mut() {
@@ -126,20 +119,25 @@ pub fn open_stream(mut command: Command) -> Result<ExecStream, RunnerError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let program = command
-        .as_std()
-        .get_program()
-        .to_string_lossy()
-        .into_owned();
-    let mut process = command
-        .spawn()
-        .map_err(|source| RunnerError::Spawn { program, source })?;
+    let mut process = spawn(&mut command)?;
     let missing = || RunnerError::Io(std::io::Error::other("a piped stream is missing"));
     Ok(ExecStream {
         stdin: Box::pin(process.stdin.take().ok_or_else(missing)?),
         stdout: Box::pin(process.stdout.take().ok_or_else(missing)?),
         stderr: Box::pin(process.stderr.take().ok_or_else(missing)?),
         process,
+    })
+}
+
+/// Spawns `command`; a failure names the program.
+pub fn spawn(command: &mut Command) -> Result<tokio::process::Child, RunnerError> {
+    command.spawn().map_err(|source| RunnerError::Spawn {
+        program: command
+            .as_std()
+            .get_program()
+            .to_string_lossy()
+            .into_owned(),
+        source,
     })
 }
 
