@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bridge_host::runner::{DelayRunner, LocalRunner};
-use bridge_host::transport::{StreamTransport, TakeOptions, Transport, TransportError};
+use bridge_host::transport::{Outgoing, StreamTransport, TakeOptions, Transport, TransportError};
 use common::*;
 
 /// A stand-in gateway binary: a shell script.
@@ -178,4 +178,20 @@ async fn what_the_early_poll_claimed_reaches_the_sweep_as_never_sent() {
         "r2 was never forwarded: it must not be answered as indeterminate"
     );
     assert!(swept.iter().any(|i| i.id == "r1" && i.previously_claimed));
+}
+
+#[tokio::test]
+async fn a_session_that_stops_reading_cannot_block_a_put() {
+    let dir = queue_dir();
+    // Greets, then never reads its stdin again: a large put fills the pipe.
+    let deaf = fake_binary(dir.path(), r#"echo '{"session":1}'; exec sleep 1000"#);
+    let t = transport(dir.path(), deaf, Duration::from_millis(500));
+    let big = Outgoing {
+        id: "p1".into(),
+        file: vec![b'x'; 4 * 1024 * 1024],
+    };
+    let put = tokio::time::timeout(Duration::from_secs(10), t.deliver(vec![big]))
+        .await
+        .expect("the put's write was not bounded");
+    assert!(matches!(put, Err(TransportError::TimedOut(_))), "{put:?}");
 }

@@ -229,6 +229,8 @@ type PendingCancels = Arc<Mutex<Vec<u64>>>;
 struct Session {
     input: Input,
     cancels: PendingCancels,
+    /// Bound for writing one command (a session that stops reading fills the pipe).
+    write_bound: Duration,
     waiters: Arc<Mutex<Waiters>>,
     next_seq: AtomicU64,
     process: Mutex<tokio::process::Child>,
@@ -267,6 +269,7 @@ impl Session {
         Ok(Self {
             input: Arc::new(tokio::sync::Mutex::new(stdin)),
             cancels: PendingCancels::default(),
+            write_bound: bound,
             waiters,
             next_seq: AtomicU64::new(1),
             process: Mutex::new(process),
@@ -296,6 +299,7 @@ impl Session {
             seq,
             input: session.input.clone(),
             pending: session.cancels.clone(),
+            bound: session.write_bound,
         });
         let sent = Sent {
             session: session.clone(),
@@ -307,10 +311,14 @@ impl Session {
         };
         let mut line = session::command_line(seq, &command);
         line.push('\n');
-        send(&session.input, &session.cancels, &line)
-            .await
-            .map_err(|e| TransportError::Session(session.why_closed().unwrap_or(e.to_string())))?;
-        Ok(sent)
+        let written = send(&session.input, &session.cancels, &line);
+        match tokio::time::timeout(session.write_bound, written).await {
+            Ok(Ok(())) => Ok(sent),
+            Ok(Err(e)) => Err(TransportError::Session(
+                session.why_closed().unwrap_or(e.to_string()),
+            )),
+            Err(_) => Err(TransportError::TimedOut(session.write_bound)),
+        }
     }
 
     fn lock_waiters(&self) -> std::sync::MutexGuard<'_, Waiters> {
@@ -420,6 +428,7 @@ struct CancelOnDrop {
     seq: u64,
     input: Input,
     pending: PendingCancels,
+    bound: Duration,
 }
 
 impl Drop for CancelOnDrop {
@@ -431,9 +440,11 @@ impl Drop for CancelOnDrop {
             pending.push(self.seq);
         }
         // Sent now if possible, else ahead of the next command.
-        let (input, pending) = (self.input.clone(), self.pending.clone());
+        let (input, pending, bound) = (self.input.clone(), self.pending.clone(), self.bound);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { send(&input, &pending, "").await });
+            runtime.spawn(tokio::time::timeout(bound, async move {
+                send(&input, &pending, "").await
+            }));
         }
     }
 }
@@ -461,7 +472,11 @@ async fn route_replies<R: AsyncBufRead + Unpin>(
         };
         let unheard = match waiter {
             Some(waiter) => waiter.send(reply).err(),
-            None => Some(reply),
+            None => {
+                // Never asked for, or answered twice: not the host's to act on.
+                tracing::warn!(seq, "the helper session replied to no pending command");
+                None
+            }
         };
         // Requests claimed for a caller that gave up are kept for the next take.
         if let (Some(Reply::Taken(taken)), Ok(mut orphans)) = (unheard, orphans.lock()) {
