@@ -18,7 +18,7 @@ use crate::policy::HostPolicy;
 use crate::proxy::Upstream;
 use crate::runner::{Exec, ExecOutput, Runner, RunnerError};
 use crate::transport::{
-    HelperTransport, PosixTransport, SharedFsTransport, StreamTransport, Transport,
+    OneShotTransport, PosixTransport, SharedFsTransport, StreamTransport, Transport,
 };
 use crate::worker::{Worker, WorkerConfig, WorkerHandle};
 
@@ -32,12 +32,12 @@ const SETUP_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum TransportKind {
     /// The deployed gateway binary does the queue work in one long-lived `session` exec
     /// (takes and puts are messages on it): no exec per request. Needs a runner that can
-    /// stream; otherwise the bridge uses [`TransportKind::Helper`] and says so.
+    /// stream; otherwise the bridge uses [`TransportKind::OneShot`] and says so.
     #[default]
     Stream,
     /// The deployed gateway binary does the queue work (`take`/`put`), woken by inotify:
     /// about one exec per request, and available with every runner.
-    Helper,
+    OneShot,
     /// POSIX `sh` scripts over the runner's exec: works with any queue_v1 gateway.
     Posix,
     /// Read the queue directory directly (only when the runner shares this file system).
@@ -168,8 +168,10 @@ impl Bridge {
         tracing::info!(url = %ready.base_url, pid = ready.pid, "gateway ready");
         let mut kind = config.transport;
         if kind == TransportKind::Stream && !runner.capabilities().streaming {
-            tracing::info!("the runner cannot stream: using the exec-per-call helper transport");
-            kind = TransportKind::Helper;
+            tracing::info!(
+                "the runner cannot stream: using the one-shot transport (an exec per call)"
+            );
+            kind = TransportKind::OneShot;
         }
         let transport: Arc<dyn Transport> = match kind {
             TransportKind::Stream => Arc::new(StreamTransport::new(
@@ -178,7 +180,7 @@ impl Bridge {
                 remote_binary.clone(),
                 SETUP_EXEC_TIMEOUT,
             )),
-            TransportKind::Helper => Arc::new(HelperTransport::new(
+            TransportKind::OneShot => Arc::new(OneShotTransport::new(
                 runner.clone(),
                 queue_dir.clone(),
                 remote_binary.clone(),

@@ -15,10 +15,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub mod command;
 pub mod delay;
 mod exec;
+pub mod memory;
 pub mod netns;
+mod spawned;
 
 pub use command::{CommandRunner, LocalRunner};
 pub use delay::{delay_line, DelayRunner};
+pub use memory::MemoryRunner;
 pub use netns::NetnsSandbox;
 
 /// A boxed, sendable future, so runners can be used as `Arc<dyn Runner>`.
@@ -107,7 +110,7 @@ impl ExecOutput {
 /// What a runner can do, declared rather than guessed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Capabilities {
-    /// Can run a long process with live stdin/stdout/stderr ([`Runner::spawn`]).
+    /// Can run a long process with live stdin/stdout/stderr ([`Runner::stream`]).
     pub streaming: bool,
     /// The sandbox's files are this machine's files (same paths). Only `LocalRunner`.
     pub shared_fs: bool,
@@ -133,31 +136,75 @@ pub enum RunnerError {
     NoStreaming,
 }
 
-/// A long-running process in the sandbox with its standard streams wired as asked.
+/// A long-running script to start in the sandbox ([`Runner::stream`], [`Runner::spawn`]).
 #[derive(Debug)]
 pub struct Spawn {
+    /// POSIX `sh` script text. Must hold no secret.
     pub script: String,
+    /// Extra environment for the script; this is where secrets go.
     pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox.
     pub cwd: Option<PathBuf>,
-    /// Inherit this process's stdout/stderr (live output) instead of piping them
-    /// ([`Runner::spawn`] only: a stream always pipes them).
-    pub inherit_output: bool,
+}
+
+/// How a sandbox process ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// Exit code, if it exited.
+    pub code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+}
+
+impl ExitStatus {
+    /// Exited with code 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// Signals the host sends to sandbox processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Ask it to stop (SIGTERM).
+    Terminate,
+    /// Stop it now (SIGKILL).
+    Kill,
+}
+
+/// A process running in the sandbox, started by [`Runner::stream`] or [`Runner::spawn`].
+/// Whatever carries it (a local child, a provider's HTTP API) stays the runner's business.
+/// Dropping it kills the process (best effort).
+pub trait Process: Send + Sync + fmt::Debug {
+    /// Waits for the process to end.
+    fn wait(&mut self) -> BoxFuture<'_, Result<ExitStatus, RunnerError>>;
+
+    /// Sends `signal` without waiting for its effect.
+    fn signal(&mut self, signal: Signal) -> Result<(), RunnerError>;
+
+    /// Kills the process, best effort, without waiting.
+    fn kill(&mut self) {
+        let _ = self.signal(Signal::Kill);
+    }
 }
 
 /// A long-lived exec with live standard streams ([`Runner::stream`]): one exec that
 /// carries any number of messages, the streaming transport's channel.
 pub struct ExecStream {
+    /// The process's standard input.
     pub stdin: Pin<Box<dyn AsyncWrite + Send>>,
+    /// The process's standard output.
     pub stdout: Pin<Box<dyn AsyncRead + Send>>,
+    /// The process's standard error.
     pub stderr: Pin<Box<dyn AsyncRead + Send>>,
-    /// The local process behind the stream; killed when dropped.
-    pub process: tokio::process::Child,
+    /// The process itself.
+    pub process: Box<dyn Process>,
 }
 
 impl fmt::Debug for ExecStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ExecStream")
-            .field("pid", &self.process.id())
+            .field("process", &self.process)
             .finish_non_exhaustive()
     }
 }
@@ -167,12 +214,16 @@ pub trait Runner: Send + Sync + fmt::Debug {
     /// Runs one script to completion (or its timeout).
     fn exec(&self, exec: Exec) -> BoxFuture<'_, Result<ExecOutput, RunnerError>>;
 
-    /// Starts a long-running script; only when `capabilities().streaming`.
-    fn spawn(&self, spawn: Spawn) -> Result<tokio::process::Child, RunnerError>;
-
     /// Starts a long-running script with piped stdin, stdout and stderr; only when
     /// `capabilities().streaming` (else [`RunnerError::NoStreaming`]).
     fn stream(&self, spawn: Spawn) -> BoxFuture<'_, Result<ExecStream, RunnerError>>;
 
+    /// Starts a long-running script (an agent) with an empty stdin whose output becomes
+    /// this process's stdout and stderr, as it comes. Built on [`Runner::stream`].
+    fn spawn(&self, spawn: Spawn) -> BoxFuture<'_, Result<Box<dyn Process>, RunnerError>> {
+        Box::pin(async move { Ok(spawned::forward_output(self.stream(spawn).await?)) })
+    }
+
+    /// What this runner can do.
     fn capabilities(&self) -> Capabilities;
 }

@@ -10,68 +10,23 @@ use std::time::Duration;
 
 use crate::runner::BoxFuture;
 
-mod convert;
-pub mod helper;
+pub use bridge_protocol::ops::{Delivery, PutItem, PutResult, TakeOptions, TakeProblem, Taken};
+
+pub mod oneshot;
 pub mod posix;
+mod session;
 pub mod shared_fs;
 pub mod stream;
 
-pub use helper::HelperTransport;
+pub use oneshot::OneShotTransport;
 pub use posix::PosixTransport;
 pub use shared_fs::SharedFsTransport;
 pub use stream::StreamTransport;
 
-/// What `take` should return.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TakeOptions {
-    /// Wait up to this long inside the sandbox for a request to appear (long poll).
-    pub wait: Duration,
-    /// Stop adding requests to the batch once this many file bytes are in it (a first
-    /// request larger than this is still returned, alone, so nothing starves).
-    pub max_batch_bytes: usize,
-    /// A request file larger than this is returned as [`Incoming::file`] =
-    /// `Err(TakeProblem::TooLarge)` without its content.
-    pub envelope_limit: usize,
-    /// Also return requests that already carry a claim (only at worker start: recovery).
-    pub include_claimed: bool,
-}
-
-/// A request file taken from the queue. Its content is untrusted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Incoming {
-    /// The file-name stem; already checked with `bridge_protocol::layout::is_valid_id`.
-    pub id: String,
-    /// The raw file bytes, or why they were not read.
-    pub file: Result<Vec<u8>, TakeProblem>,
-    /// The request was claimed before this take: an earlier worker may have forwarded it.
-    pub previously_claimed: bool,
-}
-
-/// Why a request file's bytes were not returned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TakeProblem {
-    /// The file is larger than the envelope limit.
-    TooLarge { size: u64 },
-    /// The file vanished or could not be read.
-    Unreadable,
-}
-
-/// One response file to write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outgoing {
-    pub id: String,
-    /// The complete response file (JSON line).
-    pub file: Vec<u8>,
-}
-
-/// What became of one response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
-    /// Written atomically while the request file (the waiting caller) still existed.
-    Delivered,
-    /// The request file was gone (the caller gave up): nothing was left behind.
-    CallerGone,
-}
+/// A request file taken from the queue (the contract's own type). Its content is untrusted.
+pub type Incoming = Taken;
+/// One response file to write (the contract's own type).
+pub type Outgoing = PutItem;
 
 /// A transport failure: the exec failed or its output made no sense. Requests are not
 /// lost by it; the worker retries with backoff.
@@ -110,16 +65,37 @@ pub(crate) async fn checked_exec(
     Ok(out)
 }
 
+/// Pairs each response with its put result: a result missing or failed is an error (the
+/// worker retries the batch; a repeated put is harmless).
+pub(crate) fn deliveries(
+    responses: &[PutItem],
+    results: Vec<PutResult>,
+) -> Result<Vec<(String, Delivery)>, TransportError> {
+    responses
+        .iter()
+        .map(|r| match results.iter().find(|p| p.id == r.id) {
+            Some(PutResult { result: Ok(d), .. }) => Ok((r.id.clone(), *d)),
+            Some(PutResult {
+                result: Err(why), ..
+            }) => Err(TransportError::Garbled(format!("put {}: {why}", r.id))),
+            None => Err(TransportError::Garbled(format!(
+                "put gave no result for {}",
+                r.id
+            ))),
+        })
+        .collect()
+}
+
 /// The worker's view of one queue directory.
 pub trait Transport: Send + Sync + std::fmt::Debug {
     /// Returns pending requests (claiming each), waiting up to `opts.wait` for the first.
-    fn take(&self, opts: TakeOptions) -> BoxFuture<'_, Result<Vec<Incoming>, TransportError>>;
+    fn take(&self, opts: TakeOptions) -> BoxFuture<'_, Result<Vec<Taken>, TransportError>>;
 
     /// Writes responses, each only while its request file exists, and removes their
     /// claims. Returns one [`Delivery`] per response, in order.
     fn deliver(
         &self,
-        responses: Vec<Outgoing>,
+        responses: Vec<PutItem>,
     ) -> BoxFuture<'_, Result<Vec<(String, Delivery)>, TransportError>>;
 
     /// How many execs this transport has made (for benchmarks and budgets).

@@ -23,7 +23,7 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
-/// The default deployment: the streaming helper transport.
+/// The default deployment: the stream transport.
 async fn setup() -> Setup {
     setup_with(TransportKind::default()).await
 }
@@ -149,8 +149,8 @@ async fn the_posix_transport_serves_the_same_path() {
 }
 
 #[tokio::test]
-async fn the_exec_per_call_helper_transport_serves_the_same_path() {
-    serves_the_same_path(TransportKind::Helper).await;
+async fn the_oneshot_transport_serves_the_same_path() {
+    serves_the_same_path(TransportKind::OneShot).await;
 }
 
 #[tokio::test]

@@ -1,5 +1,7 @@
-//! Runners: local exec, exec prefixes (environment through stdin, never argv), timeouts,
-//! and the network-isolated namespace sandbox (the isolation proof).
+//! Runners: the runner contract, written once and run over every runner (this machine's
+//! `sh`, an exec prefix, the namespace sandbox, a delayed channel, and the in-memory runner
+//! with no process at all), then what is particular to each: exec prefixes (environment
+//! through stdin, never argv), timeouts, and the namespace sandbox (the isolation proof).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,44 +10,306 @@ mod common;
 use common::cmdlines_containing;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use bridge_host::runner::memory::Invocation;
 use bridge_host::runner::{
-    CommandRunner, Exec, LocalRunner, NetnsSandbox, Runner, RunnerError, Spawn,
+    CommandRunner, DelayRunner, Exec, LocalRunner, MemoryRunner, NetnsSandbox, Runner, RunnerError,
+    Signal, Spawn,
 };
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 
 const T: Duration = Duration::from_secs(20);
 
-#[tokio::test]
-async fn local_runner_passes_stdin_env_and_cwd() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = LocalRunner
+// ---------------------------------------------------------------------------------------
+// The contract. Its scripts are constant (inputs in env and stdin, as the bridge's are), so
+// the in-memory sandbox can have a program for each.
+
+/// Prints `$GREETING|`, then its stdin; says `oops` on stderr; exits 7.
+const ECHO: &str = "printf '%s|' \"$GREETING\"; cat; echo oops >&2; exit 7";
+/// Copies stdin to stdout.
+const CAT: &str = "cat";
+/// Prints its environment.
+const ENV: &str = "env";
+/// Runs far past any bound.
+const SLEEP: &str = "sleep 30";
+/// Says `ready` on stderr, then echoes its stdin line by line.
+const ECHO_LINES: &str = "echo ready >&2; while IFS= read -r line; do echo \"got $line\"; done";
+/// Reads stdin to its end (an agent gets an empty one), then exits 3.
+const AGENT: &str = "cat >/dev/null; exit 3";
+
+/// The in-memory sandbox, with a program for each contract script.
+fn memory() -> MemoryRunner {
+    MemoryRunner::new()
+        .with_program(ECHO, |mut run| async move {
+            let greeting = run.env.get("GREETING").cloned().unwrap_or_default();
+            let mut input = Vec::new();
+            let _ = run.stdin.read_to_end(&mut input).await;
+            let _ = run
+                .stdout
+                .write_all(format!("{greeting}|").as_bytes())
+                .await;
+            let _ = run.stdout.write_all(&input).await;
+            let _ = run.stderr.write_all(b"oops\n").await;
+            7
+        })
+        .with_program(CAT, |mut run| async move {
+            let _ = tokio::io::copy(&mut run.stdin, &mut run.stdout).await;
+            0
+        })
+        .with_program(ENV, |mut run| async move {
+            for (name, value) in &run.env {
+                let _ = run
+                    .stdout
+                    .write_all(format!("{name}={value}\n").as_bytes())
+                    .await;
+            }
+            0
+        })
+        .with_program(SLEEP, |_| async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            0
+        })
+        .with_program(ECHO_LINES, echo_lines)
+        .with_program(AGENT, |mut run| async move {
+            let _ = tokio::io::copy(&mut run.stdin, &mut tokio::io::sink()).await;
+            3
+        })
+}
+
+async fn echo_lines(mut run: Invocation) -> i32 {
+    let _ = run.stderr.write_all(b"ready\n").await;
+    let mut lines = BufReader::new(run.stdin).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let _ = run
+            .stdout
+            .write_all(format!("got {line}\n").as_bytes())
+            .await;
+    }
+    0
+}
+
+/// A runner under test and the sandbox to destroy afterwards, if any.
+struct Under {
+    runner: Arc<dyn Runner>,
+    sandbox: Option<Arc<NetnsSandbox>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Under {
+    async fn new(name: &str) -> Under {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sandbox = None;
+        let runner: Arc<dyn Runner> = match name {
+            "local" => Arc::new(LocalRunner),
+            "prefixed" => Arc::new(CommandRunner::parse("env --").unwrap()),
+            "delayed" => Arc::new(DelayRunner::new(
+                Arc::new(LocalRunner),
+                Duration::from_millis(20),
+            )),
+            "memory" => Arc::new(memory()),
+            _ => {
+                let made = Arc::new(NetnsSandbox::create(dir.path()).await.unwrap());
+                sandbox = Some(made.clone());
+                made
+            }
+        };
+        Under {
+            runner,
+            sandbox,
+            _dir: dir,
+        }
+    }
+
+    async fn finish(self) {
+        if let Some(sandbox) = self.sandbox {
+            sandbox.destroy().await;
+        }
+    }
+}
+
+async fn exec_passes_stdin_env_and_exit_code(runner: &dyn Runner) {
+    let out = runner
         .exec(
-            Exec::new("pwd; echo \"$GREETING\"; cat; echo oops >&2; exit 7", T)
+            Exec::new(ECHO, T)
                 .stdin(b"from stdin".to_vec())
-                .env("GREETING", "hello")
-                .cwd(dir.path()),
+                .env("GREETING", "hello"),
         )
         .await
         .unwrap();
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(
-        stdout,
-        format!(
-            "{}\nhello\nfrom stdin",
-            dir.path().canonicalize().unwrap().display()
-        )
-    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "hello|from stdin");
     assert_eq!(out.stderr, b"oops\n");
     assert_eq!(out.code, Some(7));
     assert!(!out.timed_out);
 }
 
-#[tokio::test]
-async fn sandbox_processes_get_only_what_is_passed() {
+async fn a_process_gets_only_what_is_passed(runner: &dyn Runner) {
     std::env::set_var("HOST_ONLY_SECRET_TOKEN", "must-not-cross");
-    let out = LocalRunner.exec(Exec::new("env", T)).await.unwrap();
+    let out = runner
+        .exec(Exec::new(ENV, T).env("PASSED_VAR", "passed-1"))
+        .await
+        .unwrap();
     let env = String::from_utf8(out.stdout).unwrap();
     assert!(!env.contains("must-not-cross"), "{env}");
-    assert!(env.contains("PATH="));
+    assert!(env.contains("PASSED_VAR=passed-1"), "{env}");
+}
+
+async fn an_exec_past_its_bound_is_timed_out(runner: &dyn Runner) {
+    let out = runner
+        .exec(Exec::new(SLEEP, Duration::from_millis(300)))
+        .await
+        .unwrap();
+    assert!(out.timed_out, "{}", out.stderr_text());
+    assert_eq!(out.code, None);
+    assert!(!out.success());
+}
+
+async fn large_stdin_and_stdout_do_not_deadlock(runner: &dyn Runner) {
+    let data: Vec<u8> = (0..8 * 1024 * 1024u32)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let out = runner
+        .exec(Exec::new(CAT, T).stdin(data.clone()))
+        .await
+        .unwrap();
+    assert!(out.success(), "{}", out.stderr_text());
+    assert_eq!(out.stdout.len(), data.len());
+    assert!(out.stdout == data);
+}
+
+async fn a_stream_carries_messages_both_ways_then_ends(runner: &dyn Runner) {
+    let spawn = Spawn {
+        script: ECHO_LINES.into(),
+        env: Vec::new(),
+        cwd: None,
+    };
+    let mut stream = runner.stream(spawn).await.unwrap();
+    let mut stderr = BufReader::new(stream.stderr);
+    let mut said = String::new();
+    stderr.read_line(&mut said).await.unwrap();
+    assert_eq!(said, "ready\n");
+    let mut stdout = BufReader::new(stream.stdout).lines();
+    for n in 0..3 {
+        stream
+            .stdin
+            .write_all(format!("m{n}\n").as_bytes())
+            .await
+            .unwrap();
+        stream.stdin.flush().await.unwrap();
+        let line = tokio::time::timeout(T, stdout.next_line()).await.unwrap();
+        assert_eq!(line.unwrap().unwrap(), format!("got m{n}"));
+    }
+    stream.stdin.shutdown().await.unwrap();
+    drop(stream.stdin);
+    let status = tokio::time::timeout(T, stream.process.wait())
+        .await
+        .unwrap();
+    assert!(status.unwrap().success());
+}
+
+async fn a_killed_stream_ends_unsuccessfully(runner: &dyn Runner) {
+    let spawn = Spawn {
+        script: SLEEP.into(),
+        env: Vec::new(),
+        cwd: None,
+    };
+    let mut stream = runner.stream(spawn).await.unwrap();
+    stream.process.signal(Signal::Kill).unwrap();
+    let status = tokio::time::timeout(T, stream.process.wait())
+        .await
+        .expect("a killed process ends")
+        .unwrap();
+    assert!(!status.success(), "{status:?}");
+}
+
+async fn a_spawned_agent_gets_an_empty_stdin_and_its_status_comes_back(runner: &dyn Runner) {
+    let spawn = Spawn {
+        script: AGENT.into(),
+        env: vec![("STREAM_VAR".into(), "v-1".into())],
+        cwd: None,
+    };
+    let mut agent = runner.spawn(spawn).await.unwrap();
+    let status = tokio::time::timeout(T, agent.wait())
+        .await
+        .expect("an agent reading stdin sees its end")
+        .unwrap();
+    assert_eq!(status.code, Some(3));
+}
+
+/// Runs one contract scenario over every runner, one test each.
+macro_rules! contract {
+    ($scenario:ident) => {
+        mod $scenario {
+            use super::*;
+
+            async fn on(name: &str) {
+                let under = Under::new(name).await;
+                assert!(under.runner.capabilities().streaming);
+                super::$scenario(under.runner.as_ref()).await;
+                under.finish().await;
+            }
+
+            #[tokio::test]
+            async fn local() {
+                on("local").await;
+            }
+
+            #[tokio::test]
+            async fn prefixed() {
+                on("prefixed").await;
+            }
+
+            #[tokio::test]
+            async fn sandboxed() {
+                on("sandboxed").await;
+            }
+
+            #[tokio::test]
+            async fn delayed() {
+                on("delayed").await;
+            }
+
+            #[tokio::test]
+            async fn memory() {
+                on("memory").await;
+            }
+        }
+    };
+}
+
+contract!(exec_passes_stdin_env_and_exit_code);
+contract!(a_process_gets_only_what_is_passed);
+contract!(an_exec_past_its_bound_is_timed_out);
+contract!(large_stdin_and_stdout_do_not_deadlock);
+contract!(a_stream_carries_messages_both_ways_then_ends);
+contract!(a_killed_stream_ends_unsuccessfully);
+contract!(a_spawned_agent_gets_an_empty_stdin_and_its_status_comes_back);
+
+#[tokio::test]
+async fn the_memory_sandbox_has_only_its_programs() {
+    let out = memory().exec(Exec::new("rm -rf /", T)).await.unwrap();
+    assert_eq!(out.code, Some(bridge_host::runner::memory::NOT_FOUND));
+    assert!(
+        out.stderr_text().contains("no program"),
+        "{}",
+        out.stderr_text()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// What is particular to each runner.
+
+#[tokio::test]
+async fn the_local_runner_runs_in_the_working_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = LocalRunner
+        .exec(Exec::new("pwd", T).cwd(dir.path()))
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        dir.path().canonicalize().unwrap().display().to_string()
+    );
 }
 
 #[tokio::test]
@@ -63,20 +327,6 @@ async fn a_timed_out_exec_is_killed_with_what_it_started() {
     // Output read before the kill is kept: here, the background sleep's pid.
     let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     wait_gone(pid).await;
-}
-
-#[tokio::test]
-async fn large_stdin_and_stdout_do_not_deadlock() {
-    let data: Vec<u8> = (0..8 * 1024 * 1024u32)
-        .map(|i| (i * 7 % 251) as u8)
-        .collect();
-    let out = LocalRunner
-        .exec(Exec::new("cat", T).stdin(data.clone()))
-        .await
-        .unwrap();
-    assert!(out.success());
-    assert_eq!(out.stdout.len(), data.len());
-    assert!(out.stdout == data);
 }
 
 #[tokio::test]
@@ -189,36 +439,6 @@ async fn an_exec_prefix_keeps_odd_values_and_binary_stdin_intact() {
     let mut expected = stdin;
     expected.extend_from_slice(odd.as_bytes());
     assert_eq!(out.stdout, expected);
-}
-
-#[tokio::test]
-async fn streaming_spawn_passes_env_on_every_runner() {
-    let dir = tempfile::tempdir().unwrap();
-    let sandbox = NetnsSandbox::create(dir.path()).await.unwrap();
-    let prefix = CommandRunner::parse("env --").unwrap();
-    let runners: [&dyn Runner; 3] = [&LocalRunner, &prefix, &sandbox];
-    for runner in runners {
-        assert!(runner.capabilities().streaming);
-        let child = runner
-            .spawn(Spawn {
-                script: "echo \"agent sees $STREAM_VAR\"".into(),
-                env: vec![("STREAM_VAR".into(), "v-1".into())],
-                cwd: None,
-                inherit_output: false,
-            })
-            .unwrap();
-        let out = tokio::time::timeout(T, child.wait_with_output())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            "agent sees v-1\n",
-            "{runner:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    sandbox.destroy().await;
 }
 
 #[tokio::test]

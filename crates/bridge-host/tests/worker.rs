@@ -519,13 +519,6 @@ impl bridge_host::runner::Runner for LossyRunner {
         })
     }
 
-    fn spawn(
-        &self,
-        spawn: bridge_host::runner::Spawn,
-    ) -> Result<tokio::process::Child, bridge_host::runner::RunnerError> {
-        bridge_host::runner::LocalRunner.spawn(spawn)
-    }
-
     fn stream(
         &self,
         _: bridge_host::runner::Spawn,
@@ -573,13 +566,6 @@ impl bridge_host::runner::Runner for BreakingStreams {
     ) -> BoxFuture<'_, Result<bridge_host::runner::ExecOutput, bridge_host::runner::RunnerError>>
     {
         bridge_host::runner::LocalRunner.exec(exec)
-    }
-
-    fn spawn(
-        &self,
-        spawn: bridge_host::runner::Spawn,
-    ) -> Result<tokio::process::Child, bridge_host::runner::RunnerError> {
-        bridge_host::runner::LocalRunner.spawn(spawn)
     }
 
     fn stream(

@@ -7,6 +7,7 @@
 pub mod codec;
 pub mod env;
 pub mod layout;
+pub mod ops;
 pub mod path;
 pub mod policy;
 pub mod time;

@@ -1,25 +1,24 @@
-//! The gateway binary's helper subcommands, run by the host through exec:
+//! The gateway binary's queue-operation subcommands, run by the host through exec (the
+//! lines are [`bridge_protocol::ops`]'s):
 //!
 //! - `take --queue-dir D [--wait-ms W] [--max-bytes B] [--envelope-bytes E] [--include-claimed]`
 //!   waits (inotify) up to W ms for a request, claims the batch and prints it as NDJSON;
 //! - `put --queue-dir D` reads NDJSON responses on stdin and writes each under the rules of
-//!   [`crate::helper`], printing one result line per id;
+//!   [`crate::ops`], printing one result line per id;
 //! - `session --queue-dir D` does both for as long as its stdin stays open, driven by
-//!   commands on stdin ([`crate::helper::session`]).
+//!   commands on stdin ([`crate::ops::session`]).
 
-use std::io::{BufRead as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
 use bridge_protocol::codec::{envelope_limit, DEFAULT_MAX_BODY_BYTES};
 use bridge_protocol::layout::QueueLayout;
+use bridge_protocol::ops::TakeOptions;
 
-use crate::helper::{self, TakeOptions};
+use crate::ops;
 
-/// Runs a helper subcommand; `None` when `args` names none (serve as the gateway).
+/// Runs a queue-operation subcommand; `None` when `args` names none (serve as the gateway).
 pub fn dispatch(args: &[String]) -> Option<ExitCode> {
     let (command, rest) = args.split_first()?;
     let result = match command.as_str() {
@@ -63,59 +62,28 @@ fn take(args: &[String]) -> Result<(), Failure> {
         )? as usize,
         include_claimed: flags.has("--include-claimed"),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Io(e.to_string()))?;
-    let taken = runtime
-        .block_on(helper::take_waiting(&layout, &opts))
-        .map_err(|e| Failure::Io(format!("{}: {e}", layout.requests_dir().display())))?;
-    let mut out = std::io::stdout().lock();
-    for item in &taken {
-        writeln!(out, "{}", helper::taken_line(item)).map_err(|e| Failure::Io(e.to_string()))?;
-    }
-    Ok(())
+    runtime()?
+        .block_on(ops::oneshot::take(&layout, &opts, tokio::io::stdout()))
+        .map_err(|e| Failure::Io(e.to_string()))
 }
 
 fn put(args: &[String]) -> Result<(), Failure> {
     let flags = Flags::parse(args, &[])?;
     let layout = QueueLayout::new(flags.queue_dir()?);
-    if !layout.responses_dir().is_dir() {
-        return Err(Failure::Io(format!(
-            "no queue at {}",
-            layout.root().display()
-        )));
-    }
-    let mut out = std::io::stdout().lock();
-    for line in std::io::stdin().lock().lines() {
-        let line = line.map_err(|e| Failure::Io(e.to_string()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let Some((id, file)) = parse_put(&line) else {
-            writeln!(
-                out,
-                "{}",
-                helper::put_result_line("-", Err("malformed line".into()))
-            )
-            .map_err(|e| Failure::Io(e.to_string()))?;
-            continue;
-        };
-        let result = helper::put(&layout, &id, &file).map_err(|e| e.to_string());
-        writeln!(out, "{}", helper::put_result_line(&id, result))
-            .map_err(|e| Failure::Io(e.to_string()))?;
-    }
-    Ok(())
+    runtime()?
+        .block_on(ops::oneshot::put(
+            &layout,
+            tokio::io::stdin(),
+            tokio::io::stdout(),
+        ))
+        .map_err(|e| Failure::Io(e.to_string()))
 }
 
 fn session(args: &[String]) -> Result<(), Failure> {
     let flags = Flags::parse(args, &[])?;
     let layout = QueueLayout::new(flags.queue_dir()?);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Io(e.to_string()))?;
-    let served = runtime.block_on(helper::session::serve(
+    let runtime = runtime()?;
+    let served = runtime.block_on(ops::session::serve(
         layout,
         tokio::io::stdin(),
         tokio::io::stdout(),
@@ -125,11 +93,11 @@ fn session(args: &[String]) -> Result<(), Failure> {
     served.map_err(|e| Failure::Io(e.to_string()))
 }
 
-fn parse_put(line: &str) -> Option<(String, Vec<u8>)> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    let id = v["id"].as_str()?.to_owned();
-    let file = STANDARD.decode(v["file"].as_str()?).ok()?;
-    Some((id, file))
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Io(e.to_string()))
 }
 
 /// `--name value` pairs and bare switches.

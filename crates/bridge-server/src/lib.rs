@@ -8,7 +8,7 @@
 mod body;
 pub mod cli;
 mod handler;
-pub mod helper;
+pub mod ops;
 mod queue;
 mod ready;
 mod reply;

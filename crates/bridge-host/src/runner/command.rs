@@ -1,8 +1,6 @@
 //! Runners that exec through a local program: this machine's `sh` ([`LocalRunner`]), or
 //! any exec prefix such as `docker exec -i BOX` or `ssh -T HOST` ([`CommandRunner`]).
 
-use std::process::Stdio;
-
 use tokio::process::Command;
 
 use super::exec::{self, base_env, with_cwd};
@@ -18,12 +16,6 @@ impl Runner for LocalRunner {
             let command = local_sh(&exec.script, exec.cwd.as_deref(), exec.env);
             exec::run(command, exec.stdin, exec.timeout).await
         })
-    }
-
-    fn spawn(&self, spawn: Spawn) -> Result<tokio::process::Child, RunnerError> {
-        let mut command = local_sh(&spawn.script, spawn.cwd.as_deref(), spawn.env);
-        command.stdin(Stdio::null());
-        start(command, spawn.inherit_output)
     }
 
     fn stream(&self, spawn: Spawn) -> BoxFuture<'_, Result<ExecStream, RunnerError>> {
@@ -117,26 +109,6 @@ impl Runner for CommandRunner {
         })
     }
 
-    fn spawn(&self, spawn: Spawn) -> Result<tokio::process::Child, RunnerError> {
-        // The environment must travel in stdin, which a streaming agent needs for itself:
-        // the block is written first, then the agent reads an empty stdin.
-        let script = format!(
-            "{ENV_PRELUDE}{}",
-            with_cwd(&spawn.script, spawn.cwd.as_deref())
-        );
-        let block = env_block(&spawn.env)?;
-        let mut command = self.command(script);
-        command.stdin(Stdio::piped());
-        let mut child = start(command, spawn.inherit_output)?;
-        if let Some(mut stdin) = child.stdin.take() {
-            tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt as _;
-                let _ = stdin.write_all(&block).await;
-            });
-        }
-        Ok(child)
-    }
-
     fn stream(&self, spawn: Spawn) -> BoxFuture<'_, Result<ExecStream, RunnerError>> {
         Box::pin(async move {
             use tokio::io::AsyncWriteExt as _;
@@ -158,21 +130,6 @@ impl Runner for CommandRunner {
             shared_fs: false,
         }
     }
-}
-
-/// Starts a long-running process (stdin as the caller set it); stdout/stderr inherited
-/// for live output if asked.
-pub(super) fn start(
-    mut command: Command,
-    inherit_output: bool,
-) -> Result<tokio::process::Child, RunnerError> {
-    if inherit_output {
-        command.stdout(Stdio::inherit()).stderr(Stdio::inherit());
-    } else {
-        command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    }
-    command.kill_on_drop(true);
-    exec::spawn(&mut command)
 }
 
 /// `<count>\n` + one `export NAME='value'` line per variable; a newline inside a value

@@ -44,10 +44,6 @@ impl Runner for DelayRunner {
         })
     }
 
-    fn spawn(&self, spawn: Spawn) -> Result<tokio::process::Child, RunnerError> {
-        self.inner.spawn(spawn)
-    }
-
     fn stream(&self, spawn: Spawn) -> BoxFuture<'_, Result<ExecStream, RunnerError>> {
         Box::pin(async move {
             let inner = self.inner.stream(spawn).await?;

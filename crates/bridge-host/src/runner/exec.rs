@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::process::Command;
 
-use super::{ExecOutput, ExecStream, RunnerError};
+use super::{BoxFuture, ExecOutput, ExecStream, ExitStatus, Process, RunnerError, Signal};
 
 /// After the process exits, how long to wait for its pipes to close (a background
 /// grandchild may hold them open).
@@ -125,8 +125,43 @@ pub fn open_stream(mut command: Command) -> Result<ExecStream, RunnerError> {
         stdin: Box::pin(process.stdin.take().ok_or_else(missing)?),
         stdout: Box::pin(process.stdout.take().ok_or_else(missing)?),
         stderr: Box::pin(process.stderr.take().ok_or_else(missing)?),
-        process,
+        process: Box::new(LocalProcess(process)),
     })
+}
+
+/// A process on this machine (the local `sh`, an exec prefix's client, `nsenter`); killed
+/// when dropped.
+#[derive(Debug)]
+pub struct LocalProcess(tokio::process::Child);
+
+impl Process for LocalProcess {
+    fn wait(&mut self) -> BoxFuture<'_, Result<ExitStatus, RunnerError>> {
+        Box::pin(async move {
+            use std::os::unix::process::ExitStatusExt as _;
+            let status = self.0.wait().await?;
+            Ok(ExitStatus {
+                code: status.code(),
+                signal: status.signal(),
+            })
+        })
+    }
+
+    fn signal(&mut self, signal: Signal) -> Result<(), RunnerError> {
+        match signal {
+            Signal::Kill => Ok(self.0.start_kill()?),
+            // `kill` the command: this crate forbids `unsafe` and so calls no libc.
+            Signal::Terminate => match self.0.id() {
+                Some(pid) => {
+                    std::process::Command::new("kill")
+                        .args(["-TERM", &pid.to_string()])
+                        .stderr(Stdio::null())
+                        .status()?;
+                    Ok(())
+                }
+                None => Ok(()), // already reaped
+            },
+        }
+    }
 }
 
 /// Spawns `command`; a failure names the program.

@@ -14,7 +14,6 @@ use std::time::Duration;
 use tokio::io::AsyncBufReadExt as _;
 use tokio::process::{Child, Command};
 
-use super::command::start;
 use super::exec::{self, base_env, with_cwd};
 use super::{BoxFuture, Capabilities, Exec, ExecOutput, ExecStream, Runner, RunnerError, Spawn};
 
@@ -173,13 +172,6 @@ impl Runner for NetnsSandbox {
             command.envs(exec.env);
             exec::run(command, exec.stdin, exec.timeout).await
         })
-    }
-
-    fn spawn(&self, spawn: Spawn) -> Result<Child, RunnerError> {
-        self.check_alive()?;
-        let mut command = self.nsenter(with_cwd(&spawn.script, spawn.cwd.as_deref()));
-        command.envs(spawn.env).stdin(Stdio::null());
-        start(command, spawn.inherit_output)
     }
 
     fn stream(&self, spawn: Spawn) -> BoxFuture<'_, Result<ExecStream, RunnerError>> {

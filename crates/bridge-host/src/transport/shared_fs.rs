@@ -1,14 +1,14 @@
 //! The queue through a directory this machine sees directly (development and tests). The
 //! rules (claims, batching, delivery only while the caller waits) are the gateway's own
-//! queue operations, [`bridge_server::helper`], run here instead of in the sandbox.
+//! queue operations, [`bridge_server::ops`], run here instead of in the sandbox.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bridge_protocol::layout::QueueLayout;
-use bridge_server::helper;
+use bridge_server::ops;
 
-use super::{convert, Delivery, Incoming, Outgoing, TakeOptions, Transport, TransportError};
+use super::{Delivery, PutItem, TakeOptions, Taken, Transport, TransportError};
 use crate::runner::BoxFuture;
 
 /// Shared-directory transport.
@@ -16,7 +16,7 @@ use crate::runner::BoxFuture;
 pub struct SharedFsTransport {
     layout: QueueLayout,
     /// One watch for every take (made at the first, inside the runtime).
-    watch: tokio::sync::Mutex<Option<helper::RequestWatch>>,
+    watch: tokio::sync::Mutex<Option<ops::RequestWatch>>,
     calls: AtomicU64,
 }
 
@@ -31,19 +31,18 @@ impl SharedFsTransport {
 }
 
 impl Transport for SharedFsTransport {
-    fn take(&self, opts: TakeOptions) -> BoxFuture<'_, Result<Vec<Incoming>, TransportError>> {
+    fn take(&self, opts: TakeOptions) -> BoxFuture<'_, Result<Vec<Taken>, TransportError>> {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::Relaxed);
             let mut watch = self.watch.lock().await;
-            let watch = watch.get_or_insert_with(|| helper::RequestWatch::new(self.layout.clone()));
-            let taken = watch.take(&convert::take_options(&opts)).await?;
-            Ok(taken.into_iter().map(convert::incoming).collect())
+            let watch = watch.get_or_insert_with(|| ops::RequestWatch::new(self.layout.clone()));
+            Ok(watch.take(&opts).await?)
         })
     }
 
     fn deliver(
         &self,
-        responses: Vec<Outgoing>,
+        responses: Vec<PutItem>,
     ) -> BoxFuture<'_, Result<Vec<(String, Delivery)>, TransportError>> {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::Relaxed);
@@ -51,10 +50,7 @@ impl Transport for SharedFsTransport {
             tokio::task::spawn_blocking(move || {
                 responses
                     .iter()
-                    .map(|r| {
-                        let put = helper::put(&layout, &r.id, &r.file)?;
-                        Ok((r.id.clone(), convert::delivery(put)))
-                    })
+                    .map(|r| Ok((r.id.clone(), ops::put(&layout, &r.id, &r.file)?)))
                     .collect()
             })
             .await

@@ -23,12 +23,13 @@ pub enum SandboxKind {
 /// How the worker reaches the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TransportArg {
-    /// Shared directory with `--sandbox local`, else the streaming helper.
+    /// Shared directory with `--sandbox local`, else the stream transport.
     Auto,
     /// The deployed gateway binary does the queue work in one long-lived exec (fastest).
     Stream,
     /// The deployed gateway binary does the queue work, one exec per take or put.
-    Helper,
+    #[value(name = "oneshot", alias = "helper")]
+    OneShot,
     /// POSIX sh scripts over exec: works with any sandbox.
     Posix,
     /// Read the queue directly (only with `--sandbox local`).

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bridge_host::deploy::{Bridge, BridgeConfig, BridgeHandle, TransportKind};
 use bridge_host::proxy::{Secret, Upstream};
-use bridge_host::runner::{DelayRunner, LocalRunner, NetnsSandbox, Runner, Spawn};
+use bridge_host::runner::{DelayRunner, Exec, LocalRunner, NetnsSandbox, Runner};
 use clap::Args;
 use serde_json::{json, Value};
 
@@ -122,7 +122,7 @@ async fn run_cell(args: &BenchArgs, cell: &Cell) -> Result<Value> {
     let mut config = BridgeConfig::new(args.gateway_bin.clone(), dir.clone(), client);
     config.transport = match cell.transport {
         "stream" => TransportKind::Stream,
-        "helper" => TransportKind::Helper,
+        "oneshot" | "helper" => TransportKind::OneShot,
         "posix" => TransportKind::Posix,
         _ => TransportKind::SharedFs,
     };
@@ -212,13 +212,15 @@ async fn load(
     let exe = std::env::current_exe()?;
     let mut words = vec![exe.to_string_lossy().into_owned(), "load".into()];
     words.extend(args.iter().map(|s| s.to_string()));
-    let child = runner.spawn(Spawn {
-        script: format!("exec {}", bridge_host::shell::join(&words)),
-        env: bridge.agent_env(),
-        cwd: Some(dir.to_path_buf()),
-        inherit_output: false,
-    })?;
-    let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output()).await??;
+    let script = format!("exec {}", bridge_host::shell::join(&words));
+    let exec = bridge
+        .agent_env()
+        .into_iter()
+        .fold(Exec::new(script, Duration::from_secs(300)), |e, (k, v)| {
+            e.env(k, v)
+        })
+        .cwd(dir);
+    let out = runner.exec(exec).await?;
     let text = String::from_utf8_lossy(&out.stdout);
     let value: Value = serde_json::from_str(text.trim()).with_context(|| {
         format!(

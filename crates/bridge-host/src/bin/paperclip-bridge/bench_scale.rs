@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use bridge_host::deploy::{Bridge, BridgeConfig, BridgeHandle};
 use bridge_host::proxy::{Secret, Upstream};
-use bridge_host::runner::{NetnsSandbox, Runner, Spawn};
+use bridge_host::runner::{Exec, NetnsSandbox, Runner};
 use serde_json::{json, Value};
 
 use crate::bench::{rss_kib, BenchArgs};
@@ -56,7 +56,7 @@ async fn run(args: &BenchArgs, n: usize) -> Result<Value> {
     let deploy_s = started.elapsed().as_secs_f64();
     let rss_idle = host_rss();
     let seconds = args.load_seconds.to_string();
-    let mut children = Vec::new();
+    let mut loads = tokio::task::JoinSet::new();
     for (sandbox, bridge, dir) in &fleet {
         let exe = std::env::current_exe()?;
         let words = [
@@ -67,12 +67,16 @@ async fn run(args: &BenchArgs, n: usize) -> Result<Value> {
             "--seconds".into(),
             seconds.clone(),
         ];
-        children.push(sandbox.spawn(Spawn {
-            script: format!("exec {}", bridge_host::shell::join(&words)),
-            env: bridge.agent_env(),
-            cwd: Some(dir.clone()),
-            inherit_output: false,
-        })?);
+        let script = format!("exec {}", bridge_host::shell::join(&words));
+        let exec = bridge
+            .agent_env()
+            .into_iter()
+            .fold(Exec::new(script, Duration::from_secs(300)), |e, (k, v)| {
+                e.env(k, v)
+            })
+            .cwd(dir.clone());
+        let sandbox = sandbox.clone();
+        loads.spawn(async move { sandbox.exec(exec).await });
     }
     let sampler = tokio::spawn(async {
         let mut peak = 0;
@@ -83,9 +87,8 @@ async fn run(args: &BenchArgs, n: usize) -> Result<Value> {
         peak
     });
     let (mut requests, mut errors) = (0usize, 0u64);
-    for child in children {
-        let out =
-            tokio::time::timeout(Duration::from_secs(300), child.wait_with_output()).await??;
+    while let Some(out) = loads.join_next().await {
+        let out = out??;
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         requests += v["latencies_ms"].as_array().map_or(0, Vec::len);
         errors += v["errors"].as_u64().unwrap_or(1);

@@ -75,15 +75,17 @@ pub async fn demo(args: DemoArgs, mut shutdown: Shutdown) -> Result<ExitCode> {
             bridge_host::shell::quote(&exe.to_string_lossy()),
             bridge_host::shell::quote(&upstream.url())
         );
-        let mut child = sandbox.runner.spawn(Spawn {
-            script,
-            env: bridge.agent_env(),
-            cwd: Some(sandbox.workdir.clone()),
-            inherit_output: true,
-        })?;
+        let mut agent = sandbox
+            .runner
+            .spawn(Spawn {
+                script,
+                env: bridge.agent_env(),
+                cwd: Some(sandbox.workdir.clone()),
+            })
+            .await?;
         let status = tokio::select! {
-            status = child.wait() => Some(status?),
-            _ = shutdown.recv() => { child.start_kill().ok(); None }
+            status = agent.wait() => Some(status?),
+            _ = shutdown.recv() => { agent.kill(); None }
         };
         bridge.stop().await?;
         anyhow::Ok(status)

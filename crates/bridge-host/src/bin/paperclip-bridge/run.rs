@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bridge_host::deploy::{Bridge, BridgeConfig, BridgeHandle, TransportKind};
-use bridge_host::runner::Spawn;
+use bridge_host::runner::{ExitStatus, Process, Signal, Spawn};
 use clap::Args;
 
 use crate::agent_env::agent_env;
@@ -129,7 +129,7 @@ fn transport(args: &UpArgs, sandbox: &Sandbox) -> Result<TransportKind> {
     let shared = sandbox.runner.capabilities().shared_fs;
     Ok(match args.policy.transport {
         TransportArg::Stream => TransportKind::Stream,
-        TransportArg::Helper => TransportKind::Helper,
+        TransportArg::OneShot => TransportKind::OneShot,
         TransportArg::Posix => TransportKind::Posix,
         TransportArg::SharedFs if shared => TransportKind::SharedFs,
         TransportArg::SharedFs => {
@@ -179,41 +179,36 @@ async fn run_agent(
         script: format!("exec {}", bridge_host::shell::join(&args.agent)),
         env,
         cwd: Some(sandbox.workdir.clone()),
-        inherit_output: true,
     };
-    let mut child = sandbox
+    let mut agent = sandbox
         .runner
         .spawn(spawn)
+        .await
         .context("starting the agent in the sandbox")?;
     let status = tokio::select! {
-        status = child.wait() => status.context("waiting for the agent")?,
+        status = agent.wait() => status.context("waiting for the agent")?,
         signal = shutdown.recv() => {
             tracing::warn!(signal, "stopping the agent");
-            terminate(&mut child).await?
+            terminate(agent.as_mut()).await?
         }
     };
     Ok(exit_code(status))
 }
 
 /// TERM, then KILL after a grace.
-async fn terminate(child: &mut tokio::process::Child) -> Result<std::process::ExitStatus> {
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-    }
-    match tokio::time::timeout(AGENT_GRACE, child.wait()).await {
+async fn terminate(agent: &mut dyn Process) -> Result<ExitStatus> {
+    agent.signal(Signal::Terminate)?;
+    match tokio::time::timeout(AGENT_GRACE, agent.wait()).await {
         Ok(status) => Ok(status?),
         Err(_) => {
-            child.start_kill().ok();
-            Ok(child.wait().await?)
+            agent.kill();
+            Ok(agent.wait().await?)
         }
     }
 }
 
-fn exit_code(status: std::process::ExitStatus) -> ExitCode {
-    use std::os::unix::process::ExitStatusExt as _;
-    match (status.code(), status.signal()) {
+fn exit_code(status: ExitStatus) -> ExitCode {
+    match (status.code, status.signal) {
         (Some(code), _) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         (None, Some(signal)) => ExitCode::from(u8::try_from(128 + signal).unwrap_or(1)),
         _ => ExitCode::FAILURE,

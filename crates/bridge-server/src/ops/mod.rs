@@ -1,6 +1,6 @@
-//! The queue operations a host needs, run where the queue is: by the gateway binary's
-//! `take` and `put` subcommands inside a sandbox (the helper transport), and by the host's
-//! shared-directory transport. One implementation of the rules, used by both:
+//! The queue operations of the host↔sandbox contract ([`bridge_protocol::ops`]), run where
+//! the queue is: by the gateway binary's `take`, `put` and `session` subcommands inside a
+//! sandbox, and by the host's shared-directory transport. One implementation of the rules:
 //!
 //! - `take` returns pending requests oldest first, claiming each (`<id>.claimed`) before it
 //!   is returned, skipping claimed ones (unless recovering), bounded in bytes; claims whose
@@ -10,7 +10,7 @@
 //!   Then it removes the request and its claim, as Paperclip's own host does, so an answered
 //!   request never counts toward a gateway's queue depth and is never taken again.
 
-mod lines;
+pub mod oneshot;
 pub mod session;
 mod wait;
 
@@ -20,40 +20,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use bridge_protocol::layout::{self, QueueLayout};
+use bridge_protocol::ops::{Delivery, PutItem, PutResult, TakeOptions, TakeProblem, Taken};
 
-pub use lines::{parse_put_result, parse_taken, put_result_line, taken_line};
 pub use wait::{take_waiting, RequestWatch};
-
-/// What one `take` returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TakeOptions {
-    pub wait: Duration,
-    pub max_batch_bytes: usize,
-    pub envelope_limit: usize,
-    pub include_claimed: bool,
-}
-
-/// One request taken from the queue (its content is untrusted).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Taken {
-    pub id: String,
-    pub file: Result<Vec<u8>, Problem>,
-    pub previously_claimed: bool,
-}
-
-/// Why a request file's bytes are not returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Problem {
-    TooLarge { size: u64 },
-    Unreadable,
-}
-
-/// What became of one response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Put {
-    Delivered,
-    CallerGone,
-}
 
 /// One pass over `requests/`.
 pub fn take_now(layout: &QueueLayout, opts: &TakeOptions) -> io::Result<Vec<Taken>> {
@@ -74,10 +43,10 @@ pub fn take_now(layout: &QueueLayout, opts: &TakeOptions) -> io::Result<Vec<Take
         }
         write_private(&claim, b"")?;
         let file = if size > opts.envelope_limit as u64 {
-            Err(Problem::TooLarge { size })
+            Err(TakeProblem::TooLarge { size })
         } else {
             total += size as usize;
-            std::fs::read(layout.request_file(&id)).map_err(|_| Problem::Unreadable)
+            std::fs::read(layout.request_file(&id)).map_err(|_| TakeProblem::Unreadable)
         };
         out.push(Taken {
             id,
@@ -113,14 +82,16 @@ fn pending(layout: &QueueLayout) -> io::Result<Vec<(SystemTime, String, u64)>> {
 }
 
 /// Writes one response while its caller waits.
-pub fn put(layout: &QueueLayout, id: &str, file: &[u8]) -> io::Result<Put> {
+pub fn put(layout: &QueueLayout, id: &str, file: &[u8]) -> io::Result<Delivery> {
     if !layout::is_valid_id(id) {
         return Err(io::Error::other(format!("invalid request id {id:?}")));
     }
     let _lock = DirLock::acquire(&layout.responses_dir().join(format!(".{id}.lock")));
     let request = layout.request_file(id);
     if !request.exists() {
-        return Ok(Put::CallerGone);
+        // Its claim is an orphan now: remove it here rather than at the next take.
+        let _ = std::fs::remove_file(layout.claim_file(id));
+        return Ok(Delivery::CallerGone);
     }
     let path = layout.response_file(id);
     let tmp = layout::tmp_path(&path);
@@ -131,15 +102,27 @@ pub fn put(layout: &QueueLayout, id: &str, file: &[u8]) -> io::Result<Put> {
     if request.exists() {
         let _ = std::fs::remove_file(&request);
         let _ = std::fs::remove_file(layout.claim_file(id));
-        Ok(Put::Delivered)
+        Ok(Delivery::Delivered)
     } else if path.exists() {
         // The caller gave up while we wrote: leave nothing behind.
         let _ = std::fs::remove_file(&path);
-        Ok(Put::CallerGone)
+        let _ = std::fs::remove_file(layout.claim_file(id));
+        Ok(Delivery::CallerGone)
     } else {
         // The gateway already read the answer and withdrew the request.
-        Ok(Put::Delivered)
+        Ok(Delivery::Delivered)
     }
+}
+
+/// Puts every item, in order: one result each (a failure is that item's, not the batch's).
+pub fn put_all(layout: &QueueLayout, items: Vec<PutItem>) -> Vec<PutResult> {
+    items
+        .into_iter()
+        .map(|item| PutResult {
+            result: put(layout, &item.id, &item.file).map_err(|e| e.to_string()),
+            id: item.id,
+        })
+        .collect()
 }
 
 /// Claims whose request file is gone.

@@ -1,29 +1,28 @@
-//! The helper transport: the gateway binary, already in the sandbox, does the queue work
-//! (`paperclip-bridge-server take` / `put`). `take` waits on inotify inside the sandbox, so
-//! a request costs about one exec round trip plus the upstream time. Used automatically
-//! when the gateway is ours; the POSIX transport remains for foreign gateways.
+//! The one-shot transport: one exec per call, in which the gateway binary, already in the
+//! sandbox, does the queue work (`paperclip-bridge-server take` / `put`, lines of
+//! [`bridge_protocol::ops`]). `take` waits on inotify inside the sandbox, so a request costs
+//! about one exec round trip plus the upstream time. The fallback for runners that cannot
+//! stream; the POSIX transport remains for foreign gateways.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
-use bridge_server::helper;
+use bridge_protocol::ops::{self, PutResult};
 
-use super::{convert, Delivery, Incoming, Outgoing, TakeOptions, Transport, TransportError};
+use super::{Delivery, PutItem, TakeOptions, Taken, Transport, TransportError};
 use crate::runner::{BoxFuture, Exec, ExecOutput, Runner};
 
-const TAKE: &str = r#"set -- take --queue-dir "$Q" --wait-ms "$WAIT_MS" --max-bytes "$MAX_BATCH" --envelope-bytes "$ENVELOPE"
+pub(crate) const TAKE: &str = r#"set -- take --queue-dir "$Q" --wait-ms "$WAIT_MS" --max-bytes "$MAX_BATCH" --envelope-bytes "$ENVELOPE"
 if [ "$INCLUDE_CLAIMED" = 1 ]; then set -- "$@" --include-claimed; fi
 exec "$BIN" "$@""#;
 
-const PUT: &str = r#"exec "$BIN" put --queue-dir "$Q""#;
+pub(crate) const PUT: &str = r#"exec "$BIN" put --queue-dir "$Q""#;
 
-/// The helper transport over any [`Runner`].
+/// The one-shot transport over any [`Runner`].
 #[derive(Debug)]
-pub struct HelperTransport {
+pub struct OneShotTransport {
     runner: Arc<dyn Runner>,
     queue_dir: PathBuf,
     binary: PathBuf,
@@ -31,7 +30,7 @@ pub struct HelperTransport {
     execs: AtomicU64,
 }
 
-impl HelperTransport {
+impl OneShotTransport {
     /// `binary` is the gateway's path inside the sandbox.
     pub fn new(
         runner: Arc<dyn Runner>,
@@ -57,8 +56,8 @@ impl HelperTransport {
     }
 }
 
-impl Transport for HelperTransport {
-    fn take(&self, opts: TakeOptions) -> BoxFuture<'_, Result<Vec<Incoming>, TransportError>> {
+impl Transport for OneShotTransport {
+    fn take(&self, opts: TakeOptions) -> BoxFuture<'_, Result<Vec<Taken>, TransportError>> {
         Box::pin(async move {
             let exec = Exec::new(TAKE, opts.wait + self.exec_timeout)
                 .env("WAIT_MS", opts.wait.as_millis().to_string())
@@ -69,12 +68,10 @@ impl Transport for HelperTransport {
                     if opts.include_claimed { "1" } else { "0" },
                 );
             let out = self.exec(exec).await?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-            let taken: Vec<Incoming> = lines
+            let lines = lines(&out.stdout);
+            let taken: Vec<Taken> = lines
                 .iter()
-                .filter_map(|line| helper::parse_taken(line))
-                .map(convert::incoming)
+                .filter_map(|line| ops::from_line(line).ok())
                 .collect();
             if taken.is_empty() && !lines.is_empty() {
                 return Err(TransportError::Garbled(
@@ -87,7 +84,7 @@ impl Transport for HelperTransport {
 
     fn deliver(
         &self,
-        responses: Vec<Outgoing>,
+        responses: Vec<PutItem>,
     ) -> BoxFuture<'_, Result<Vec<(String, Delivery)>, TransportError>> {
         Box::pin(async move {
             if responses.is_empty() {
@@ -95,20 +92,29 @@ impl Transport for HelperTransport {
             }
             let mut stdin = Vec::new();
             for r in &responses {
-                let line = serde_json::json!({ "id": r.id, "file": STANDARD.encode(&r.file) });
-                stdin.extend_from_slice(line.to_string().as_bytes());
+                stdin.extend_from_slice(ops::to_line(r).as_bytes());
                 stdin.push(b'\n');
             }
             let out = self
                 .exec(Exec::new(PUT, self.exec_timeout).stdin(stdin))
                 .await?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            let results: Vec<_> = text.lines().filter_map(helper::parse_put_result).collect();
-            convert::deliveries(&responses, results)
+            let results: Vec<PutResult> = lines(&out.stdout)
+                .iter()
+                .filter_map(|line| ops::from_line(line).ok())
+                .collect();
+            super::deliveries(&responses, results)
         })
     }
 
     fn exec_count(&self) -> u64 {
         self.execs.load(Ordering::Relaxed)
     }
+}
+
+/// The non-blank lines of an exec's output (bounded already: see `runner::exec`).
+fn lines(stdout: &[u8]) -> Vec<&[u8]> {
+    stdout
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.trim_ascii().is_empty())
+        .collect()
 }

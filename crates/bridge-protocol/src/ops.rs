@@ -1,0 +1,337 @@
+//! The host↔sandbox contract between our own two halves: the queue operations the host
+//! asks of the gateway binary inside the sandbox (`take`, `put`), what they return, and the
+//! session wire that carries them over one long-lived exec.
+//!
+//! queue_v1 ([`crate::wire`]) is the contract with Paperclip's halves; this one is private
+//! to paperclip-bridge, so both sides of it are always the same build (the host uploads the
+//! gateway binary by hash). Every line is one JSON object (NDJSON):
+//!
+//! - one-shot `take` prints one [`Taken`] line per request; one-shot `put` reads
+//!   [`PutItem`] lines and prints one [`PutResult`] line per item;
+//! - `session` prints [`HELLO`], then reads [`CommandLine`]s and answers each take or put
+//!   with a [`ReplyLine`] carrying the same `seq` (replies may come in any order).
+//!
+//! Whatever the sandbox sends is untrusted: parsing never panics, lines are bounded by the
+//! reader ([`MAX_REPLY_LINE`]), taken items with an invalid id are dropped, and file bytes
+//! travel as canonical base64.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::codec;
+use crate::layout;
+
+/// The first line a session prints; its number is the session wire's version.
+pub const HELLO: &str = r#"{"session":1}"#;
+
+/// Longest line the host reads from a sandbox's `take` or session. A take reply is bounded
+/// by the batch and envelope limits (in base64), far below this.
+pub const MAX_REPLY_LINE: usize = 256 * 1024 * 1024;
+
+/// What one take should return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakeOptions {
+    /// Wait up to this long inside the sandbox for a request to appear (long poll).
+    #[serde(rename = "waitMs", with = "millis")]
+    pub wait: Duration,
+    /// Stop adding requests to the batch once this many file bytes are in it (a first
+    /// request larger than this is still returned, alone, so nothing starves).
+    #[serde(rename = "maxBytes")]
+    pub max_batch_bytes: usize,
+    /// A request file larger than this is returned as [`TakeProblem::TooLarge`] without its
+    /// content.
+    #[serde(rename = "envelopeBytes")]
+    pub envelope_limit: usize,
+    /// Also return requests that already carry a claim (only at worker start: recovery).
+    #[serde(rename = "includeClaimed", default)]
+    pub include_claimed: bool,
+}
+
+/// One request file taken (and claimed) from the queue. Its content is untrusted.
+///
+/// Wire: `{"id","claimed","file"}` with the file in base64, or `"tooLarge": <size>` /
+/// `"unreadable": true` in place of `file`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "TakenWire", try_from = "TakenWire")]
+pub struct Taken {
+    /// The file-name stem; always valid by [`layout::is_valid_id`] (else not parsed).
+    pub id: String,
+    /// The raw file bytes, or why they were not read.
+    pub file: Result<Vec<u8>, TakeProblem>,
+    /// The request was claimed before this take: an earlier worker may have forwarded it.
+    pub previously_claimed: bool,
+}
+
+/// Why a request file's bytes were not returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TakeProblem {
+    /// The file is larger than the envelope limit.
+    TooLarge {
+        /// The file's size in bytes.
+        size: u64,
+    },
+    /// The file vanished, could not be read, or its bytes did not arrive intact.
+    Unreadable,
+}
+
+/// One response file to write while its caller waits. Wire: `{"id","file"}` (base64).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutItem {
+    /// The request's id.
+    pub id: String,
+    /// The complete response file (a queue_v1 JSON line).
+    #[serde(with = "base64_bytes")]
+    pub file: Vec<u8>,
+}
+
+/// What became of one response that was put.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Written atomically while the request file (the waiting caller) still existed.
+    Delivered,
+    /// The request file was gone (the caller gave up): nothing was left behind.
+    CallerGone,
+}
+
+/// The result of one [`PutItem`]. Wire: `{"id","result"}` with `delivered`, `gone`, or
+/// `failed` and an `error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "PutResultWire", from = "PutResultWire")]
+pub struct PutResult {
+    /// The request's id (`-` for a put line that could not be read).
+    pub id: String,
+    /// The delivery, or why the put failed in the sandbox.
+    pub result: Result<Delivery, String>,
+}
+
+/// A session command. Wire: `{"seq":N,"take":{..}}`, `{"seq":N,"put":[..]}`,
+/// `{"cancel":N}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Command {
+    /// Wait (bounded) for requests, claim and return them: answered by [`Reply::Taken`].
+    Take(TakeOptions),
+    /// Write these responses: answered by [`Reply::Put`], one result per item, in order.
+    Put(Vec<PutItem>),
+    /// Take `N` stops waiting and, having claimed nothing, replies with an empty batch at
+    /// once (the host gave up on it). Has no reply of its own.
+    Cancel(u64),
+}
+
+/// One command line: a command and the sequence number its reply will carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandLine {
+    /// Pairs the reply with this command; 0 (omitted) for [`Command::Cancel`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seq: u64,
+    /// What to do.
+    #[serde(flatten)]
+    pub command: Command,
+}
+
+/// A session's answer to one command. Wire: `{"seq":N,"taken":[..]}`,
+/// `{"seq":N,"put":[..]}`, `{"seq":N,"error":".."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Reply {
+    /// The requests a take claimed, oldest first (items with an invalid id are dropped).
+    Taken(#[serde(deserialize_with = "valid_taken")] Vec<Taken>),
+    /// One result per put item, in order.
+    Put(Vec<PutResult>),
+    /// The command could not be carried out (or read: then `seq` is 0).
+    Error(String),
+}
+
+/// One reply line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyLine {
+    /// The `seq` of the command this answers.
+    pub seq: u64,
+    /// The answer.
+    #[serde(flatten)]
+    pub reply: Reply,
+}
+
+/// Why a line could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("not a valid bridge line: {0}")]
+pub struct LineError(#[from] serde_json::Error);
+
+/// Encodes any line of this contract as JSON text (no newline).
+pub fn to_line<T: Serialize>(value: &T) -> String {
+    // Every type here serialises to a JSON object without fallible parts.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// Parses one line of this contract.
+pub fn from_line<'a, T: Deserialize<'a>>(line: &'a [u8]) -> Result<T, LineError> {
+    Ok(serde_json::from_slice(line)?)
+}
+
+/// Reads a command line: its `seq` (0 if even that is unreadable) and the command or why
+/// it cannot be read, so the session can answer the right caller with an error.
+pub fn parse_command(line: &[u8]) -> (u64, Result<Command, String>) {
+    #[derive(Deserialize)]
+    struct SeqOnly {
+        #[serde(default)]
+        seq: u64,
+    }
+    let seq = serde_json::from_slice::<SeqOnly>(line).map_or(0, |s| s.seq);
+    match from_line::<CommandLine>(line) {
+        Ok(parsed) => (parsed.seq, Ok(parsed.command)),
+        Err(e) => (seq, Err(format!("unreadable command: {e}"))),
+    }
+}
+
+/// The wire form of [`Taken`].
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TakenWire {
+    id: String,
+    claimed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    too_large: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unreadable: Option<bool>,
+}
+
+impl From<Taken> for TakenWire {
+    fn from(taken: Taken) -> Self {
+        let (file, too_large, unreadable) = match taken.file {
+            Ok(bytes) => (Some(codec::encode_base64(&bytes)), None, None),
+            Err(TakeProblem::TooLarge { size }) => (None, Some(size), None),
+            Err(TakeProblem::Unreadable) => (None, None, Some(true)),
+        };
+        Self {
+            id: taken.id,
+            claimed: taken.previously_claimed,
+            file,
+            too_large,
+            unreadable,
+        }
+    }
+}
+
+impl TryFrom<TakenWire> for Taken {
+    type Error = String;
+
+    fn try_from(wire: TakenWire) -> Result<Self, String> {
+        if !layout::is_valid_id(&wire.id) {
+            return Err(format!("invalid request id {:?}", truncate(&wire.id)));
+        }
+        let file = match (wire.file, wire.too_large) {
+            (Some(b64), _) => {
+                codec::decode_canonical_base64(&b64).map_err(|_| TakeProblem::Unreadable)
+            }
+            (None, Some(size)) => Err(TakeProblem::TooLarge { size }),
+            (None, None) => Err(TakeProblem::Unreadable),
+        };
+        Ok(Self {
+            id: wire.id,
+            file,
+            previously_claimed: wire.claimed,
+        })
+    }
+}
+
+/// Taken items, dropping those whose id is invalid (the rest of the batch still counts).
+fn valid_taken<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Taken>, D::Error> {
+    let items = Vec::<TakenWire>::deserialize(deserializer)?;
+    Ok(items
+        .into_iter()
+        .filter_map(|item| Taken::try_from(item).ok())
+        .collect())
+}
+
+/// The wire form of [`PutResult`].
+#[derive(Serialize, Deserialize)]
+struct PutResultWire {
+    id: String,
+    result: PutOutcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum PutOutcome {
+    Delivered,
+    Gone,
+    Failed,
+}
+
+impl From<PutResult> for PutResultWire {
+    fn from(put: PutResult) -> Self {
+        let (result, error) = match put.result {
+            Ok(Delivery::Delivered) => (PutOutcome::Delivered, None),
+            Ok(Delivery::CallerGone) => (PutOutcome::Gone, None),
+            Err(why) => (PutOutcome::Failed, Some(why)),
+        };
+        Self {
+            id: put.id,
+            result,
+            error,
+        }
+    }
+}
+
+impl From<PutResultWire> for PutResult {
+    fn from(wire: PutResultWire) -> Self {
+        let result = match wire.result {
+            PutOutcome::Delivered => Ok(Delivery::Delivered),
+            PutOutcome::Gone => Ok(Delivery::CallerGone),
+            PutOutcome::Failed => Err(wire.error.unwrap_or_else(|| "failed".into())),
+        };
+        Self {
+            id: wire.id,
+            result,
+        }
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// At most 64 characters of an untrusted string, for error messages.
+fn truncate(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+/// `Duration` as whole milliseconds.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// Bytes as canonical padded base64.
+mod base64_bytes {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::codec;
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&codec::encode_base64(bytes))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        codec::decode_canonical_base64(&text).map_err(D::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,188 @@
+//! Golden bytes and hostile input for the host↔sandbox contract.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use super::*;
+
+fn take_opts() -> TakeOptions {
+    TakeOptions {
+        wait: Duration::from_millis(1500),
+        max_batch_bytes: 9,
+        envelope_limit: 7,
+        include_claimed: true,
+    }
+}
+
+fn golden<T>(value: &T, line: &str)
+where
+    T: Serialize + for<'a> Deserialize<'a> + PartialEq + std::fmt::Debug,
+{
+    assert_eq!(to_line(value), line);
+    assert_eq!(&from_line::<T>(line.as_bytes()).unwrap(), value);
+}
+
+#[test]
+fn commands_have_exact_bytes() {
+    let take = CommandLine {
+        seq: 42,
+        command: Command::Take(take_opts()),
+    };
+    golden(
+        &take,
+        r#"{"seq":42,"take":{"waitMs":1500,"maxBytes":9,"envelopeBytes":7,"includeClaimed":true}}"#,
+    );
+    let put = CommandLine {
+        seq: 3,
+        command: Command::Put(vec![
+            PutItem {
+                id: "a".into(),
+                file: vec![0, 255],
+            },
+            PutItem {
+                id: "b".into(),
+                file: Vec::new(),
+            },
+        ]),
+    };
+    golden(
+        &put,
+        r#"{"seq":3,"put":[{"id":"a","file":"AP8="},{"id":"b","file":""}]}"#,
+    );
+    let cancel = CommandLine {
+        seq: 0,
+        command: Command::Cancel(41),
+    };
+    golden(&cancel, r#"{"cancel":41}"#);
+}
+
+#[test]
+fn replies_have_exact_bytes() {
+    let taken = ReplyLine {
+        seq: 7,
+        reply: Reply::Taken(vec![
+            Taken {
+                id: "r-1".into(),
+                file: Ok(b"{}\n".to_vec()),
+                previously_claimed: false,
+            },
+            Taken {
+                id: "r-2".into(),
+                file: Err(TakeProblem::TooLarge { size: 3 }),
+                previously_claimed: true,
+            },
+            Taken {
+                id: "r-3".into(),
+                file: Err(TakeProblem::Unreadable),
+                previously_claimed: false,
+            },
+        ]),
+    };
+    golden(
+        &taken,
+        concat!(
+            r#"{"seq":7,"taken":[{"id":"r-1","claimed":false,"file":"e30K"},"#,
+            r#"{"id":"r-2","claimed":true,"tooLarge":3},"#,
+            r#"{"id":"r-3","claimed":false,"unreadable":true}]}"#
+        ),
+    );
+    let put = ReplyLine {
+        seq: 8,
+        reply: Reply::Put(vec![
+            PutResult {
+                id: "a".into(),
+                result: Ok(Delivery::Delivered),
+            },
+            PutResult {
+                id: "b".into(),
+                result: Ok(Delivery::CallerGone),
+            },
+            PutResult {
+                id: "c".into(),
+                result: Err("disk full".into()),
+            },
+        ]),
+    };
+    golden(
+        &put,
+        concat!(
+            r#"{"seq":8,"put":[{"id":"a","result":"delivered"},{"id":"b","result":"gone"},"#,
+            r#"{"id":"c","result":"failed","error":"disk full"}]}"#
+        ),
+    );
+    let error = ReplyLine {
+        seq: 0,
+        reply: Reply::Error("no".into()),
+    };
+    golden(&error, r#"{"seq":0,"error":"no"}"#);
+    assert_eq!(HELLO, r#"{"session":1}"#);
+}
+
+#[test]
+fn one_shot_lines_have_exact_bytes() {
+    let taken = Taken {
+        id: "a-1".into(),
+        file: Ok(vec![0, 255, 10]),
+        previously_claimed: true,
+    };
+    golden(&taken, r#"{"id":"a-1","claimed":true,"file":"AP8K"}"#);
+    let item = PutItem {
+        id: "a-1".into(),
+        file: b"x".to_vec(),
+    };
+    golden(&item, r#"{"id":"a-1","file":"eA=="}"#);
+}
+
+#[test]
+fn hostile_taken_items_are_dropped_or_marked() {
+    let line = br#"{"seq":1,"taken":[{"id":"../x","claimed":false,"file":""},{"id":"ok","claimed":false,"file":"%%"}]}"#;
+    let parsed: ReplyLine = from_line(line).unwrap();
+    assert_eq!(
+        parsed.reply,
+        Reply::Taken(vec![Taken {
+            id: "ok".into(),
+            file: Err(TakeProblem::Unreadable),
+            previously_claimed: false,
+        }])
+    );
+    assert!(from_line::<Taken>(br#"{"id":"../x","claimed":false}"#).is_err());
+    assert!(
+        from_line::<Taken>(br#"{"id":"a","file":""}"#).is_err(),
+        "claimed is required"
+    );
+    // Non-canonical base64 is not the bytes the sandbox claims to have read.
+    let sloppy: Taken = from_line(br#"{"id":"a","claimed":false,"file":"AP9="}"#).unwrap();
+    assert_eq!(sloppy.file, Err(TakeProblem::Unreadable));
+}
+
+#[test]
+fn malformed_lines_are_errors_not_panics() {
+    for line in [
+        &b"garbage"[..],
+        br#"{"seq":1}"#,
+        br#"{"seq":1,"taken":"x"}"#,
+        br#"{"seq":1,"put":[{"id":"a","result":"maybe"}]}"#,
+        br#"{"seq":-1,"error":"x"}"#,
+    ] {
+        assert!(from_line::<ReplyLine>(line).is_err(), "{line:?}");
+    }
+    let failed: PutResult = from_line(br#"{"id":"a","result":"failed"}"#).unwrap();
+    assert_eq!(failed.result, Err("failed".into()));
+}
+
+#[test]
+fn unreadable_commands_keep_their_seq_for_the_error_reply() {
+    let (seq, command) = parse_command(br#"{"seq":3,"take":{"waitMs":1}}"#);
+    assert_eq!(seq, 3);
+    assert!(command.is_err());
+    let (seq, command) = parse_command(br#"{"seq":4,"put":[{"id":"a","file":"%%"}]}"#);
+    assert_eq!(seq, 4);
+    assert!(command.is_err());
+    assert_eq!(parse_command(b"nonsense").0, 0);
+    assert!(parse_command(br#"{"seq":5,"dance":{}}"#).1.is_err());
+    let (seq, command) =
+        parse_command(br#"{"seq":6,"take":{"waitMs":1,"maxBytes":2,"envelopeBytes":3}}"#);
+    assert_eq!(seq, 6);
+    assert!(matches!(command, Ok(Command::Take(o)) if !o.include_claimed));
+}
