@@ -17,32 +17,14 @@ use bridge_protocol::wire::{self, ReadyFile};
 use crate::policy::HostPolicy;
 use crate::proxy::Upstream;
 use crate::runner::{Exec, ExecOutput, Runner, RunnerError};
-use crate::transport::{
-    OneShotTransport, PosixTransport, SharedFsTransport, StreamTransport, Transport,
-};
+use crate::transport::{self, TransportKind};
+
 use crate::worker::{Worker, WorkerConfig, WorkerHandle};
 
 /// Bytes of the gateway binary sent per exec while uploading.
 const UPLOAD_CHUNK_BYTES: usize = 8 * 1024 * 1024;
 /// Bound for the short set-up and tear-down execs.
 const SETUP_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How the worker reaches the queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TransportKind {
-    /// The deployed gateway binary does the queue work in one long-lived `session` exec
-    /// (takes and puts are messages on it): no exec per request. Needs a runner that can
-    /// stream; otherwise the bridge uses [`TransportKind::OneShot`] and says so.
-    #[default]
-    Stream,
-    /// The deployed gateway binary does the queue work (`take`/`put`), woken by inotify:
-    /// about one exec per request, and available with every runner.
-    OneShot,
-    /// POSIX `sh` scripts over the runner's exec: works with any queue_v1 gateway.
-    Posix,
-    /// Read the queue directory directly (only when the runner shares this file system).
-    SharedFs,
-}
 
 /// Everything [`Bridge::start`] needs besides the runner.
 #[derive(Debug, Clone)]
@@ -56,8 +38,6 @@ pub struct BridgeConfig {
     pub policy: Arc<HostPolicy>,
     pub worker: WorkerConfig,
     pub transport: TransportKind,
-    /// How long an agent's call may wait for its answer (gateway setting).
-    pub response_timeout: Duration,
     /// Pending requests before the gateway answers 503.
     pub max_queue_depth: usize,
     /// How long to wait for the gateway's `ready.json`.
@@ -76,7 +56,6 @@ impl BridgeConfig {
             policy: Arc::new(HostPolicy::default()),
             worker: WorkerConfig::default(),
             transport: TransportKind::Stream,
-            response_timeout: Duration::from_secs(30),
             max_queue_depth: 64,
             ready_timeout: Duration::from_secs(10),
             stop_grace: Duration::from_secs(10),
@@ -173,26 +152,13 @@ impl Bridge {
             );
             kind = TransportKind::OneShot;
         }
-        let transport: Arc<dyn Transport> = match kind {
-            TransportKind::Stream => Arc::new(StreamTransport::new(
-                runner.clone(),
-                queue_dir.clone(),
-                remote_binary.clone(),
-                SETUP_EXEC_TIMEOUT,
-            )),
-            TransportKind::OneShot => Arc::new(OneShotTransport::new(
-                runner.clone(),
-                queue_dir.clone(),
-                remote_binary.clone(),
-                SETUP_EXEC_TIMEOUT,
-            )),
-            TransportKind::Posix => Arc::new(PosixTransport::new(
-                runner.clone(),
-                queue_dir.clone(),
-                SETUP_EXEC_TIMEOUT,
-            )),
-            TransportKind::SharedFs => Arc::new(SharedFsTransport::new(queue_dir.clone())),
-        };
+        let transport = transport::build(
+            kind,
+            runner.clone(),
+            queue_dir.clone(),
+            remote_binary.clone(),
+            SETUP_EXEC_TIMEOUT,
+        );
         let worker = Worker::spawn(transport, config.upstream, config.policy, config.worker);
         Ok(BridgeHandle {
             runner,
@@ -318,7 +284,7 @@ async fn start_gateway(
         .env(names::PORT, "0")
         .env(
             names::RESPONSE_TIMEOUT_MS,
-            config.response_timeout.as_millis().to_string(),
+            config.worker.response_timeout.as_millis().to_string(),
         )
         .env(names::MAX_QUEUE_DEPTH, config.max_queue_depth.to_string())
         .env(

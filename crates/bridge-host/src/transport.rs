@@ -6,9 +6,11 @@
 //! each request it returns (`requests/<id>.claimed`, a name queue_v1 peers ignore), so a
 //! restarted worker knows which requests may already have been forwarded.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::runner::BoxFuture;
+use crate::runner::{BoxFuture, Runner};
 
 pub use bridge_protocol::ops::{Delivery, PutItem, PutResult, TakeOptions, TakeProblem, Taken};
 
@@ -27,6 +29,51 @@ pub use stream::StreamTransport;
 pub type Incoming = Taken;
 /// One response file to write (the contract's own type).
 pub type Outgoing = PutItem;
+
+/// How the worker reaches the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportKind {
+    /// The deployed gateway binary does the queue work in one long-lived `session` exec
+    /// (takes and puts are messages on it): no exec per request. Needs a runner that can
+    /// stream; otherwise the bridge uses [`TransportKind::OneShot`] and says so.
+    #[default]
+    Stream,
+    /// The deployed gateway binary does the queue work (`take`/`put`), woken by inotify:
+    /// about one exec per request, and available with every runner.
+    OneShot,
+    /// POSIX `sh` scripts over the runner's exec: works with any queue_v1 gateway.
+    Posix,
+    /// Read the queue directory directly (only when the runner shares this file system).
+    SharedFs,
+}
+
+/// The transport of `kind` for the queue at `queue_dir` (as the sandbox sees it), with
+/// `binary` the gateway's path inside the sandbox (the stream and one-shot transports run
+/// it) and `exec_timeout` the bound for each exec or reply beyond a take's own wait.
+pub fn build(
+    kind: TransportKind,
+    runner: Arc<dyn Runner>,
+    queue_dir: PathBuf,
+    binary: PathBuf,
+    exec_timeout: Duration,
+) -> Arc<dyn Transport> {
+    match kind {
+        TransportKind::Stream => Arc::new(StreamTransport::new(
+            runner,
+            queue_dir,
+            binary,
+            exec_timeout,
+        )),
+        TransportKind::OneShot => Arc::new(OneShotTransport::new(
+            runner,
+            queue_dir,
+            binary,
+            exec_timeout,
+        )),
+        TransportKind::Posix => Arc::new(PosixTransport::new(runner, queue_dir, exec_timeout)),
+        TransportKind::SharedFs => Arc::new(SharedFsTransport::new(queue_dir)),
+    }
+}
 
 /// A transport failure: the exec failed or its output made no sense. Requests are not
 /// lost by it; the worker retries with backoff.

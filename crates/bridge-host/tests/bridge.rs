@@ -9,9 +9,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bridge_host::deploy::{Bridge, BridgeConfig, BridgeHandle, TransportKind};
+use bridge_host::deploy::{Bridge, BridgeConfig, BridgeHandle};
 use bridge_host::proxy::{Secret, Upstream};
 use bridge_host::runner::{Exec, ExecOutput, NetnsSandbox, Runner};
+use bridge_host::transport::TransportKind;
 use common::*;
 
 const T: Duration = Duration::from_secs(30);
@@ -271,7 +272,8 @@ async fn stopping_answers_waiting_callers_503_and_leaves_no_queue() {
         .expect("stop is bounded")
         .unwrap();
     drop(held);
-    let check = format!("sleep 0.5; cat status.1 status.2 status.3; echo; [ -e '{}' ] && echo queue-left || echo queue-gone", queue.display());
+    // The callers write their status when answered: wait for all three (bounded).
+    let check = format!("i=0; while [ \"$(cat status.1 status.2 status.3 2>/dev/null | wc -c)\" -lt 9 ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done; cat status.1 status.2 status.3; echo; [ -e '{}' ] && echo queue-left || echo queue-gone", queue.display());
     let out = s
         .sandbox
         .exec(Exec::new(check, T).cwd(s.sandbox.workdir()))

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bridge_host::deploy::{Bridge, BridgeConfig, BridgeHandle, TransportKind};
+use bridge_host::deploy::{Bridge, BridgeConfig, BridgeHandle};
 use bridge_host::proxy::{Secret, Upstream};
 use bridge_host::runner::{DelayRunner, Exec, LocalRunner, NetnsSandbox, Runner};
+use bridge_host::transport::TransportKind;
 use clap::Args;
 use serde_json::{json, Value};
 

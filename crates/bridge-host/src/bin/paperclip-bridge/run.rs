@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use bridge_host::deploy::{Bridge, BridgeConfig, BridgeHandle, TransportKind};
+use bridge_host::deploy::{Bridge, BridgeConfig, BridgeHandle};
 use bridge_host::runner::{ExitStatus, Process, Signal, Spawn};
+use bridge_host::transport::TransportKind;
 use clap::Args;
 
 use crate::agent_env::agent_env;
@@ -113,9 +114,8 @@ fn bridge_config(args: &UpArgs, sandbox_dir: PathBuf) -> Result<BridgeConfig> {
     let binary = gateway_binary(args.bridge.gateway_bin.clone())?;
     let mut config = BridgeConfig::new(binary, sandbox_dir, upstream);
     config.policy = Arc::new(policy);
-    config.response_timeout = Duration::from_millis(args.bridge.response_timeout_ms);
     config.worker.concurrency = args.policy.concurrency.max(1);
-    config.worker.response_timeout = config.response_timeout;
+    config.worker.response_timeout = Duration::from_millis(args.bridge.response_timeout_ms);
     if let Some(path) = &args.policy.audit_log {
         config.worker.audit = Some(
             bridge_host::audit::AuditLog::open(path)

@@ -6,13 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use bridge_host::runner::CommandRunner;
-use bridge_host::transport::{PosixTransport, SharedFsTransport, Transport};
+use bridge_host::runner::{CommandRunner, LocalRunner, Runner};
+use bridge_host::transport::{self, TransportKind};
 use bridge_host::worker::{Worker, WorkerConfig};
 use clap::Args;
 
 use crate::args::{PolicyArgs, UpstreamArgs};
 use crate::signals::Shutdown;
+
+/// Bound for each exec into the sandbox.
+const EXEC_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
@@ -35,19 +38,23 @@ pub struct WorkerArgs {
 }
 
 pub async fn worker(args: WorkerArgs, mut shutdown: Shutdown) -> Result<ExitCode> {
-    let transport: Arc<dyn Transport> = match (&args.exec, args.shared_fs) {
+    let (kind, runner): (_, Arc<dyn Runner>) = match (&args.exec, args.shared_fs) {
         (Some(prefix), false) => {
             let runner =
                 CommandRunner::parse(prefix).with_context(|| format!("--exec {prefix:?}"))?;
-            Arc::new(PosixTransport::new(
-                Arc::new(runner),
-                args.queue_dir.clone(),
-                Duration::from_secs(30),
-            ))
+            (TransportKind::Posix, Arc::new(runner))
         }
-        (None, true) => Arc::new(SharedFsTransport::new(args.queue_dir.clone())),
+        (None, true) => (TransportKind::SharedFs, Arc::new(LocalRunner)),
         _ => bail!("say how to reach the queue: --exec PREFIX or --shared-fs"),
     };
+    // A foreign gateway: no binary of ours in the sandbox, so no path to give.
+    let transport = transport::build(
+        kind,
+        runner,
+        args.queue_dir.clone(),
+        PathBuf::new(),
+        EXEC_TIMEOUT,
+    );
     let upstream = args.upstream.upstream()?;
     let policy = Arc::new(args.policy.policy()?);
     let audit = match &args.policy.audit_log {
