@@ -7,10 +7,11 @@
 //! restarted worker knows which requests may already have been forwarded.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::runner::{BoxFuture, Runner};
+use crate::runner::{BoxFuture, Exec, ExecOutput, Runner};
 
 pub use bridge_protocol::ops::{Delivery, PutItem, PutResult, TakeOptions, TakeProblem, Taken};
 
@@ -93,23 +94,50 @@ pub enum TransportError {
     Io(#[from] std::io::Error),
 }
 
-/// Runs one transport exec: a time-out or a non-zero exit is an error (the worker retries).
-pub(crate) async fn checked_exec(
-    runner: &dyn crate::runner::Runner,
-    exec: crate::runner::Exec,
-) -> Result<crate::runner::ExecOutput, TransportError> {
-    let timeout = exec.timeout;
-    let out = runner.exec(exec).await?;
-    if out.timed_out {
-        return Err(TransportError::TimedOut(timeout));
+/// The exec channel of the exec-per-call transports: counts its execs and treats a
+/// time-out or a non-zero exit as an error (the worker retries).
+#[derive(Debug)]
+pub(crate) struct Execs {
+    runner: Arc<dyn Runner>,
+    /// Bound for each exec beyond a take's own wait.
+    timeout: Duration,
+    count: AtomicU64,
+}
+
+impl Execs {
+    pub(crate) fn new(runner: Arc<dyn Runner>, timeout: Duration) -> Self {
+        Self {
+            runner,
+            timeout,
+            count: AtomicU64::new(0),
+        }
     }
-    if out.code != Some(0) {
-        return Err(TransportError::Failed {
-            code: out.code,
-            stderr: out.stderr_text(),
-        });
+
+    /// `script`, bounded by the exec timeout plus `wait`.
+    pub(crate) fn exec(&self, script: &str, wait: Duration) -> Exec {
+        Exec::new(script, wait + self.timeout)
     }
-    Ok(out)
+
+    /// Runs `exec`; a time-out or a non-zero exit is an error.
+    pub(crate) async fn run(&self, exec: Exec) -> Result<ExecOutput, TransportError> {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let timeout = exec.timeout;
+        let out = self.runner.exec(exec).await?;
+        if out.timed_out {
+            return Err(TransportError::TimedOut(timeout));
+        }
+        if out.code != Some(0) {
+            return Err(TransportError::Failed {
+                code: out.code,
+                stderr: out.stderr_text(),
+            });
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
 }
 
 /// Pairs each response with its put result: a result missing or failed is an error (the

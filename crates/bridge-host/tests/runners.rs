@@ -128,6 +128,15 @@ impl Under {
     }
 }
 
+/// A long-running `script` with no environment.
+fn script(script: &str) -> Spawn {
+    Spawn {
+        script: script.into(),
+        env: Vec::new(),
+        cwd: None,
+    }
+}
+
 async fn exec_passes_stdin_env_and_exit_code(runner: &dyn Runner) {
     let out = runner
         .exec(
@@ -178,12 +187,7 @@ async fn large_stdin_and_stdout_do_not_deadlock(runner: &dyn Runner) {
 }
 
 async fn a_stream_carries_messages_both_ways_then_ends(runner: &dyn Runner) {
-    let spawn = Spawn {
-        script: ECHO_LINES.into(),
-        env: Vec::new(),
-        cwd: None,
-    };
-    let mut stream = runner.stream(spawn).await.unwrap();
+    let mut stream = runner.stream(script(ECHO_LINES)).await.unwrap();
     let mut stderr = BufReader::new(stream.stderr);
     let mut said = String::new();
     stderr.read_line(&mut said).await.unwrap();
@@ -208,12 +212,7 @@ async fn a_stream_carries_messages_both_ways_then_ends(runner: &dyn Runner) {
 }
 
 async fn a_killed_stream_ends_unsuccessfully(runner: &dyn Runner) {
-    let spawn = Spawn {
-        script: SLEEP.into(),
-        env: Vec::new(),
-        cwd: None,
-    };
-    let mut stream = runner.stream(spawn).await.unwrap();
+    let mut stream = runner.stream(script(SLEEP)).await.unwrap();
     stream.process.signal(Signal::Kill).unwrap();
     let status = tokio::time::timeout(T, stream.process.wait())
         .await
@@ -223,12 +222,7 @@ async fn a_killed_stream_ends_unsuccessfully(runner: &dyn Runner) {
 }
 
 async fn a_spawned_agent_gets_an_empty_stdin_and_its_status_comes_back(runner: &dyn Runner) {
-    let spawn = Spawn {
-        script: AGENT.into(),
-        env: vec![("STREAM_VAR".into(), "v-1".into())],
-        cwd: None,
-    };
-    let mut agent = runner.spawn(spawn).await.unwrap();
+    let mut agent = runner.spawn(script(AGENT)).await.unwrap();
     let status = tokio::time::timeout(T, agent.wait())
         .await
         .expect("an agent reading stdin sees its end")
@@ -249,31 +243,20 @@ macro_rules! contract {
                 under.finish().await;
             }
 
-            #[tokio::test]
-            async fn local() {
-                on("local").await;
-            }
-
-            #[tokio::test]
-            async fn prefixed() {
-                on("prefixed").await;
-            }
-
-            #[tokio::test]
-            async fn sandboxed() {
-                on("sandboxed").await;
-            }
-
-            #[tokio::test]
-            async fn delayed() {
-                on("delayed").await;
-            }
-
-            #[tokio::test]
-            async fn memory() {
-                on("memory").await;
-            }
+            runners!(local, prefixed, sandboxed, delayed, memory);
         }
+    };
+}
+
+/// One test per runner, named after it.
+macro_rules! runners {
+    ($($name:ident),*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                on(stringify!($name)).await;
+            }
+        )*
     };
 }
 

@@ -202,78 +202,33 @@ macro_rules! contract {
         mod $scenario {
             use super::*;
 
-            #[tokio::test]
-            async fn stream_local() {
-                let fx = Fixture::local(Kind::Stream, Arc::new(LocalRunner)).await;
-                fx.check(super::$scenario).await;
-            }
-
-            #[tokio::test]
-            async fn stream_prefixed() {
-                let fx = Fixture::local(Kind::Stream, prefixed()).await;
-                fx.check(super::$scenario).await;
-            }
-
-            #[tokio::test]
-            async fn stream_delayed() {
-                let fx = Fixture::local(Kind::Stream, delayed()).await;
-                fx.check(super::$scenario).await;
-            }
-
-            #[tokio::test]
-            async fn stream_sandboxed() {
-                let fx = Fixture::sandboxed(Kind::Stream).await;
-                fx.check(super::$scenario).await;
-            }
-
-            #[tokio::test]
-            async fn stream_memory() {
-                let fx = Fixture::local(Kind::Stream, memory()).await;
-                fx.check(super::$scenario).await;
-            }
-
-            #[tokio::test]
-            async fn oneshot_local() {
-                let fx = Fixture::local(Kind::OneShot, Arc::new(LocalRunner)).await;
-                fx.check(super::$scenario).await;
-            }
-
-            #[tokio::test]
-            async fn oneshot_sandboxed() {
-                let fx = Fixture::sandboxed(Kind::OneShot).await;
-                fx.check(super::$scenario).await;
-            }
-
-            #[tokio::test]
-            async fn oneshot_memory() {
-                let fx = Fixture::local(Kind::OneShot, memory()).await;
-                fx.check(super::$scenario).await;
-            }
-
-            #[tokio::test]
-            async fn posix_local() {
-                let fx = Fixture::local(Kind::Posix, Arc::new(LocalRunner)).await;
-                fx.check(super::$scenario).await;
-            }
-
-            #[tokio::test]
-            async fn posix_prefixed() {
-                let fx = Fixture::local(Kind::Posix, prefixed()).await;
-                fx.check(super::$scenario).await;
-            }
-
-            #[tokio::test]
-            async fn posix_sandboxed() {
-                let fx = Fixture::sandboxed(Kind::Posix).await;
-                fx.check(super::$scenario).await;
-            }
-
-            #[tokio::test]
-            async fn shared_fs() {
-                let fx = Fixture::local(Kind::SharedFs, Arc::new(LocalRunner)).await;
-                fx.check(super::$scenario).await;
+            pairings! { $scenario:
+                stream_local => Fixture::local(Kind::Stream, Arc::new(LocalRunner)),
+                stream_prefixed => Fixture::local(Kind::Stream, prefixed()),
+                stream_delayed => Fixture::local(Kind::Stream, delayed()),
+                stream_sandboxed => Fixture::sandboxed(Kind::Stream),
+                stream_memory => Fixture::local(Kind::Stream, memory()),
+                oneshot_local => Fixture::local(Kind::OneShot, Arc::new(LocalRunner)),
+                oneshot_sandboxed => Fixture::sandboxed(Kind::OneShot),
+                oneshot_memory => Fixture::local(Kind::OneShot, memory()),
+                posix_local => Fixture::local(Kind::Posix, Arc::new(LocalRunner)),
+                posix_prefixed => Fixture::local(Kind::Posix, prefixed()),
+                posix_sandboxed => Fixture::sandboxed(Kind::Posix),
+                shared_fs => Fixture::local(Kind::SharedFs, Arc::new(LocalRunner)),
             }
         }
+    };
+}
+
+/// One test per pairing: the fixture, then the scenario on it.
+macro_rules! pairings {
+    ($scenario:ident: $($name:ident => $fixture:expr),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                $fixture.await.check(super::$scenario).await;
+            }
+        )*
     };
 }
 

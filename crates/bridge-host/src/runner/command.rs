@@ -3,7 +3,7 @@
 
 use tokio::process::Command;
 
-use super::exec::{self, base_env, with_cwd};
+use super::exec::{self, sh_command, with_cwd};
 use super::{BoxFuture, Capabilities, Exec, ExecOutput, ExecStream, Runner, RunnerError, Spawn};
 
 /// Runs scripts with this machine's `sh`: no isolation at all (development and tests).
@@ -34,13 +34,8 @@ impl Runner for LocalRunner {
 
 /// This machine's `sh -c SCRIPT` in `cwd`, with a cleared environment plus `env`.
 fn local_sh(script: &str, cwd: Option<&std::path::Path>, env: Vec<(String, String)>) -> Command {
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg(with_cwd(script, cwd))
-        .env_clear()
-        .envs(base_env())
-        .envs(env);
+    let mut command = sh_command(&[], with_cwd(script, cwd));
+    command.envs(env);
     command
 }
 
@@ -84,15 +79,8 @@ impl CommandRunner {
     }
 
     fn command(&self, script: String) -> Command {
-        let mut command = Command::new(&self.prefix[0]);
-        command
-            .args(&self.prefix[1..])
-            .arg("sh")
-            .arg("-c")
-            .arg(script)
-            .env_clear()
-            .envs(base_env());
-        command
+        let prefix: Vec<&str> = self.prefix.iter().map(String::as_str).collect();
+        sh_command(&prefix, script)
     }
 }
 

@@ -50,6 +50,22 @@ fn sandbox_path() -> String {
     dirs.join(":")
 }
 
+/// `<prefix...> sh -c <script>` with a cleared environment plus [`base_env`]: how every
+/// local runner starts a sandbox shell (the caller adds the exec's own variables).
+pub fn sh_command(prefix: &[&str], script: String) -> Command {
+    let (program, args) = match prefix.split_first() {
+        Some((program, args)) => (*program, args),
+        None => ("sh", &[][..]),
+    };
+    let mut command = Command::new(program);
+    command.args(args);
+    if !prefix.is_empty() {
+        command.arg("sh");
+    }
+    command.arg("-c").arg(script).env_clear().envs(base_env());
+    command
+}
+
 /// Prefixes `script` with a `cd` into `cwd` (exit 125 if it is missing).
 pub fn with_cwd(script: &str, cwd: Option<&std::path::Path>) -> String {
     match cwd {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::io::AsyncBufReadExt as _;
 use tokio::process::{Child, Command};
 
-use super::exec::{self, base_env, with_cwd};
+use super::exec::{self, base_env, sh_command, with_cwd};
 use super::{BoxFuture, Capabilities, Exec, ExecOutput, ExecStream, Runner, RunnerError, Spawn};
 
 /// How long the holder may take to set up its namespaces.
@@ -152,15 +152,17 @@ impl NetnsSandbox {
     }
 
     fn nsenter(&self, script: String) -> Command {
-        let mut command = Command::new("nsenter");
-        command
-            .arg("-t")
-            .arg(self.pid.to_string())
-            .args(["-U", "-n", "-m", "--preserve-credentials", "sh", "-c"])
-            .arg(script)
-            .env_clear()
-            .envs(base_env());
-        command
+        let pid = self.pid.to_string();
+        let prefix = [
+            "nsenter",
+            "-t",
+            &pid,
+            "-U",
+            "-n",
+            "-m",
+            "--preserve-credentials",
+        ];
+        sh_command(&prefix, script)
     }
 }
 

@@ -5,13 +5,12 @@
 //! stream; the POSIX transport remains for foreign gateways.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bridge_protocol::ops::{self, PutResult};
 
-use super::{Delivery, PutItem, TakeOptions, Taken, Transport, TransportError};
+use super::{Delivery, Execs, PutItem, TakeOptions, Taken, Transport, TransportError};
 use crate::runner::{BoxFuture, Exec, ExecOutput, Runner};
 
 pub(crate) const TAKE: &str = r#"set -- take --queue-dir "$Q" --wait-ms "$WAIT_MS" --max-bytes "$MAX_BATCH" --envelope-bytes "$ENVELOPE"
@@ -23,11 +22,9 @@ pub(crate) const PUT: &str = r#"exec "$BIN" put --queue-dir "$Q""#;
 /// The one-shot transport over any [`Runner`].
 #[derive(Debug)]
 pub struct OneShotTransport {
-    runner: Arc<dyn Runner>,
+    execs: Execs,
     queue_dir: PathBuf,
     binary: PathBuf,
-    exec_timeout: Duration,
-    execs: AtomicU64,
 }
 
 impl OneShotTransport {
@@ -39,27 +36,26 @@ impl OneShotTransport {
         exec_timeout: Duration,
     ) -> Self {
         Self {
-            runner,
+            execs: Execs::new(runner, exec_timeout),
             queue_dir,
             binary,
-            exec_timeout,
-            execs: AtomicU64::new(0),
         }
     }
 
     async fn exec(&self, exec: Exec) -> Result<ExecOutput, TransportError> {
-        self.execs.fetch_add(1, Ordering::Relaxed);
         let exec = exec
             .env("Q", self.queue_dir.to_string_lossy())
             .env("BIN", self.binary.to_string_lossy());
-        super::checked_exec(self.runner.as_ref(), exec).await
+        self.execs.run(exec).await
     }
 }
 
 impl Transport for OneShotTransport {
     fn take(&self, opts: TakeOptions) -> BoxFuture<'_, Result<Vec<Taken>, TransportError>> {
         Box::pin(async move {
-            let exec = Exec::new(TAKE, opts.wait + self.exec_timeout)
+            let exec = self
+                .execs
+                .exec(TAKE, opts.wait)
                 .env("WAIT_MS", opts.wait.as_millis().to_string())
                 .env("MAX_BATCH", opts.max_batch_bytes.to_string())
                 .env("ENVELOPE", opts.envelope_limit.to_string())
@@ -96,7 +92,7 @@ impl Transport for OneShotTransport {
                 stdin.push(b'\n');
             }
             let out = self
-                .exec(Exec::new(PUT, self.exec_timeout).stdin(stdin))
+                .exec(self.execs.exec(PUT, Duration::ZERO).stdin(stdin))
                 .await?;
             let results: Vec<PutResult> = lines(&out.stdout)
                 .iter()
@@ -107,7 +103,7 @@ impl Transport for OneShotTransport {
     }
 
     fn exec_count(&self) -> u64 {
-        self.execs.load(Ordering::Relaxed)
+        self.execs.count()
     }
 }
 

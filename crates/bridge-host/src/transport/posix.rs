@@ -7,7 +7,6 @@
 //! bytes. Scripts are constant text; inputs come in the environment.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bridge_protocol::layout::is_valid_id;
 
-use super::{Delivery, Incoming, Outgoing, TakeOptions, TakeProblem, Transport, TransportError};
+use super::{Delivery, Execs, PutItem, TakeOptions, TakeProblem, Taken, Transport, TransportError};
 use crate::runner::{BoxFuture, Exec, ExecOutput, Runner, RunnerError};
 
 /// One round of the in-sandbox wait loop.
@@ -123,26 +122,21 @@ exit 0
 /// The POSIX shell transport over any [`Runner`].
 #[derive(Debug)]
 pub struct PosixTransport {
-    runner: Arc<dyn Runner>,
+    execs: Execs,
     queue_dir: PathBuf,
-    exec_timeout: Duration,
-    execs: AtomicU64,
 }
 
 impl PosixTransport {
     /// `exec_timeout` bounds each exec beyond its long-poll wait.
     pub fn new(runner: Arc<dyn Runner>, queue_dir: PathBuf, exec_timeout: Duration) -> Self {
         Self {
-            runner,
+            execs: Execs::new(runner, exec_timeout),
             queue_dir,
-            exec_timeout,
-            execs: AtomicU64::new(0),
         }
     }
 
     async fn exec(&self, exec: Exec) -> Result<ExecOutput, TransportError> {
-        self.execs.fetch_add(1, Ordering::Relaxed);
-        super::checked_exec(self.runner.as_ref(), exec).await
+        self.execs.run(exec).await
     }
 
     fn queue(&self) -> String {
@@ -151,10 +145,12 @@ impl PosixTransport {
 }
 
 impl Transport for PosixTransport {
-    fn take(&self, opts: TakeOptions) -> BoxFuture<'_, Result<Vec<Incoming>, TransportError>> {
+    fn take(&self, opts: TakeOptions) -> BoxFuture<'_, Result<Vec<Taken>, TransportError>> {
         Box::pin(async move {
             let tries = (opts.wait.as_millis() / POLL_STEP.as_millis()).to_string();
-            let exec = Exec::new(TAKE, opts.wait + self.exec_timeout)
+            let exec = self
+                .execs
+                .exec(TAKE, opts.wait)
                 .env("Q", self.queue())
                 .env("TRIES", tries)
                 .env("MAX_BATCH", opts.max_batch_bytes.to_string())
@@ -170,7 +166,7 @@ impl Transport for PosixTransport {
 
     fn deliver(
         &self,
-        responses: Vec<Outgoing>,
+        responses: Vec<PutItem>,
     ) -> BoxFuture<'_, Result<Vec<(String, Delivery)>, TransportError>> {
         Box::pin(async move {
             if responses.is_empty() {
@@ -182,7 +178,9 @@ impl Transport for PosixTransport {
                 );
             }
             let stdin = deliver_stdin(&responses);
-            let exec = Exec::new(DELIVER, self.exec_timeout)
+            let exec = self
+                .execs
+                .exec(DELIVER, Duration::ZERO)
                 .stdin(stdin)
                 .env("Q", self.queue());
             let out = self.exec(exec).await?;
@@ -191,12 +189,12 @@ impl Transport for PosixTransport {
     }
 
     fn exec_count(&self) -> u64 {
-        self.execs.load(Ordering::Relaxed)
+        self.execs.count()
     }
 }
 
 /// The deliver script's stdin: header lines, then every response's bytes.
-fn deliver_stdin(responses: &[Outgoing]) -> Vec<u8> {
+fn deliver_stdin(responses: &[PutItem]) -> Vec<u8> {
     let mut header = format!("{}\n", responses.len());
     for response in responses {
         header.push_str(&format!("{} {}\n", response.id, response.file.len()));
@@ -213,8 +211,8 @@ fn deliver_stdin(responses: &[Outgoing]) -> Vec<u8> {
 /// Reads `id claimed-before size base64|-` lines. The sandbox is untrusted: bad lines are
 /// skipped, bad ids refused, content that does not match its size reported as
 /// unreadable; output with lines but not one good line is garbled.
-fn parse_take(stdout: &[u8], envelope_limit: usize) -> Result<Vec<Incoming>, TransportError> {
-    let mut out: Vec<Incoming> = Vec::new();
+fn parse_take(stdout: &[u8], envelope_limit: usize) -> Result<Vec<Taken>, TransportError> {
+    let mut out: Vec<Taken> = Vec::new();
     let mut skipped = 0usize;
     for line in stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         match parse_take_line(line, envelope_limit) {
@@ -233,7 +231,7 @@ fn parse_take(stdout: &[u8], envelope_limit: usize) -> Result<Vec<Incoming>, Tra
     Ok(out)
 }
 
-fn parse_take_line(line: &[u8], envelope_limit: usize) -> Option<Incoming> {
+fn parse_take_line(line: &[u8], envelope_limit: usize) -> Option<Taken> {
     let line = std::str::from_utf8(line).ok()?;
     let mut fields = line.splitn(4, ' ');
     let (id, prev, size) = (fields.next()?, fields.next()?, fields.next()?);
@@ -255,7 +253,7 @@ fn parse_take_line(line: &[u8], envelope_limit: usize) -> Option<Incoming> {
             _ => Err(TakeProblem::Unreadable),
         },
     };
-    Some(Incoming {
+    Some(Taken {
         id: id.to_owned(),
         file,
         previously_claimed,
@@ -264,7 +262,7 @@ fn parse_take_line(line: &[u8], envelope_limit: usize) -> Option<Incoming> {
 
 fn parse_deliver(
     stdout: &[u8],
-    responses: &[Outgoing],
+    responses: &[PutItem],
 ) -> Result<Vec<(String, Delivery)>, TransportError> {
     let text = String::from_utf8_lossy(stdout);
     let results: Vec<(&str, &str)> = text.lines().filter_map(|l| l.split_once(' ')).collect();
@@ -316,11 +314,11 @@ mod tests {
     #[test]
     fn deliver_stdin_is_header_then_raw_bytes() {
         let stdin = deliver_stdin(&[
-            Outgoing {
+            PutItem {
                 id: "a".into(),
                 file: b"xy\n".to_vec(),
             },
-            Outgoing {
+            PutItem {
                 id: "b".into(),
                 file: vec![0, 255],
             },
@@ -331,11 +329,11 @@ mod tests {
     #[test]
     fn every_response_needs_a_result_line() {
         let responses = vec![
-            Outgoing {
+            PutItem {
                 id: "a".into(),
                 file: vec![],
             },
-            Outgoing {
+            PutItem {
                 id: "b".into(),
                 file: vec![],
             },
