@@ -25,7 +25,12 @@ pub enum CodecError {
     NonCanonicalBase64,
     /// The decoded body is larger than the limit.
     #[error("body is {size} bytes, over the limit of {limit}")]
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        /// The decoded body's size in bytes.
+        size: usize,
+        /// The body limit it exceeds, in bytes.
+        limit: usize,
+    },
 }
 
 /// Largest queue file (request or response) allowed for a body limit: JSON may escape one

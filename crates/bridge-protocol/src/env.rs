@@ -9,14 +9,23 @@ use std::time::Duration;
 
 use crate::codec::DEFAULT_MAX_BODY_BYTES;
 
+/// Bridge mode: unset or [`QUEUE_V1`]; any other value is refused. The agent is given it too.
 pub const MODE: &str = "PAPERCLIP_API_BRIDGE_MODE";
+/// Required: the queue directory. The agent is given it too.
 pub const QUEUE_DIR: &str = "PAPERCLIP_BRIDGE_QUEUE_DIR";
+/// Required: the bearer token agents must present to the gateway.
 pub const TOKEN: &str = "PAPERCLIP_BRIDGE_TOKEN";
+/// IP address the gateway binds (default `127.0.0.1`, which `localhost` also means).
 pub const HOST: &str = "PAPERCLIP_BRIDGE_HOST";
+/// Port the gateway binds (default 0: any free port, reported in `ready.json`).
 pub const PORT: &str = "PAPERCLIP_BRIDGE_PORT";
+/// Response poll interval in milliseconds (default 100); the gateway may wake sooner.
 pub const POLL_INTERVAL_MS: &str = "PAPERCLIP_BRIDGE_POLL_INTERVAL_MS";
+/// How long a caller waits for its response, in milliseconds (default 30000).
 pub const RESPONSE_TIMEOUT_MS: &str = "PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS";
+/// Pending requests allowed before the gateway refuses new ones with 503 (default 64).
 pub const MAX_QUEUE_DEPTH: &str = "PAPERCLIP_BRIDGE_MAX_QUEUE_DEPTH";
+/// Request and response body limit in bytes (default [`DEFAULT_MAX_BODY_BYTES`]).
 pub const MAX_BODY_BYTES: &str = "PAPERCLIP_BRIDGE_MAX_BODY_BYTES";
 
 /// Agent-side: the gateway's base URL (no `/api` suffix).
@@ -30,13 +39,22 @@ pub const QUEUE_V1: &str = "queue_v1";
 /// Gateway settings, with queue_v1's defaults.
 #[derive(Clone, PartialEq, Eq)]
 pub struct GatewayConfig {
+    /// Where requests are published and responses read ([`QUEUE_DIR`]).
     pub queue_dir: PathBuf,
+    /// The bearer token agents must present; `Debug` never prints it ([`TOKEN`]).
     pub token: String,
+    /// Address to bind ([`HOST`]).
     pub host: IpAddr,
+    /// Port to bind; 0 lets the OS choose ([`PORT`]).
     pub port: u16,
+    /// Interval between scans for responses when polling ([`POLL_INTERVAL_MS`]).
     pub poll_interval: Duration,
+    /// How long a caller waits for its response before the gateway answers without one
+    /// ([`RESPONSE_TIMEOUT_MS`]).
     pub response_timeout: Duration,
+    /// Pending requests allowed before new ones get 503 ([`MAX_QUEUE_DEPTH`]).
     pub max_queue_depth: usize,
+    /// Largest request or response body in bytes ([`MAX_BODY_BYTES`]).
     pub max_body_bytes: usize,
 }
 
@@ -59,14 +77,20 @@ impl std::fmt::Debug for GatewayConfig {
 /// A variable that is missing or does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvError {
+    /// This required variable is unset or empty.
     #[error("{0} is required but not set")]
     Missing(&'static str),
+    /// A variable is set but does not parse or is out of range.
     #[error("{name}={value:?} is not valid: {expected}")]
     Invalid {
+        /// Which variable is wrong.
         name: &'static str,
+        /// The value it was set to.
         value: String,
+        /// What a valid value looks like, for the message.
         expected: &'static str,
     },
+    /// [`MODE`] names a mode other than [`QUEUE_V1`] (the value given).
     #[error("{MODE}={0:?} is not implemented by this gateway (only \"queue_v1\" is)")]
     UnsupportedMode(String),
 }

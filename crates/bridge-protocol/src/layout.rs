@@ -64,42 +64,52 @@ impl QueueLayout {
         Self { root: root.into() }
     }
 
+    /// The queue directory itself.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// `requests/`: where the gateway publishes pending requests.
     pub fn requests_dir(&self) -> PathBuf {
         self.root.join(REQUESTS_DIR)
     }
 
+    /// `responses/`: where the host writes answers.
     pub fn responses_dir(&self) -> PathBuf {
         self.root.join(RESPONSES_DIR)
     }
 
+    /// `logs/`: the directory of the gateway log.
     pub fn logs_dir(&self) -> PathBuf {
         self.root.join(LOGS_DIR)
     }
 
+    /// `logs/bridge.log`: the gateway's stdout and stderr, appended.
     pub fn log_file(&self) -> PathBuf {
         self.root.join(LOG_FILE)
     }
 
+    /// `ready.json`: written by the gateway once it listens.
     pub fn ready_file(&self) -> PathBuf {
         self.root.join(READY_FILE)
     }
 
+    /// `server.pid`: the gateway's pid, written by whoever started it.
     pub fn pid_file(&self) -> PathBuf {
         self.root.join(PID_FILE)
     }
 
+    /// `requests/<id>.json`: the pending request `id`.
     pub fn request_file(&self, id: &str) -> PathBuf {
         self.requests_dir().join(format!("{id}{ENTRY_SUFFIX}"))
     }
 
+    /// `responses/<id>.json`: the answer to request `id`.
     pub fn response_file(&self, id: &str) -> PathBuf {
         self.responses_dir().join(format!("{id}{ENTRY_SUFFIX}"))
     }
 
+    /// `requests/<id>.claimed`: our host's claim marker for request `id`.
     pub fn claim_file(&self, id: &str) -> PathBuf {
         self.requests_dir().join(format!("{id}{CLAIM_SUFFIX}"))
     }

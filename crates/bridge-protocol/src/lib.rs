@@ -4,6 +4,8 @@
 //! queue layout, the environment contract and the policy data that both sides share, and it
 //! does no I/O at all: callers hand it bytes, strings and clocks, and get values back.
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod codec;
 pub mod env;
 pub mod layout;

@@ -13,24 +13,35 @@ pub const MAX_PATH_LEN: usize = 8 * 1024;
 /// Why a path was refused; each becomes a 400 with this text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PathRejection {
+    /// The path does not start with `/` (an absolute URL, `*`, a relative or empty path).
     #[error("path is not in origin form (must start with a single '/')")]
     NotOriginForm,
+    /// A `.` or `..` segment, literal or percent-encoded, that a URL parser would resolve.
     #[error("path contains a '.' or '..' segment")]
     DotSegment,
+    /// A `%2F`, which a server may decode into a segment separator.
     #[error("path contains an encoded '/' (%2F)")]
     EncodedSlash,
+    /// A backslash, literal or `%5C`, which some URL parsers treat as `/`.
     #[error("path contains a backslash")]
     Backslash,
+    /// A NUL byte, literal or `%00`.
     #[error("path contains a NUL byte")]
     Nul,
+    /// An empty segment (`//`), which normalisers may collapse.
     #[error("path contains an empty segment ('//')")]
     EmptySegment,
+    /// A `%` not followed by two hex digits.
     #[error("path contains a malformed percent escape")]
     BadPercentEncoding,
+    /// A byte that is not an RFC 3986 path character (space, `?`, `#`, non-ASCII, ...).
     #[error("path contains a character not allowed in a URL path")]
     InvalidCharacter,
+    /// The path is longer than [`MAX_PATH_LEN`] bytes.
     #[error("path is longer than 8 KiB")]
     TooLong,
+    /// The query is not `""` or `?` followed by URL characters and well-formed escapes
+    /// (or is longer than [`MAX_PATH_LEN`]).
     #[error("query must be empty or start with '?' and contain only URL characters")]
     BadQuery,
 }
@@ -40,6 +51,7 @@ pub enum PathRejection {
 pub struct CanonicalPath(String);
 
 impl CanonicalPath {
+    /// The canonical path: what the allowlist checks and what is forwarded upstream.
     pub fn as_str(&self) -> &str {
         &self.0
     }

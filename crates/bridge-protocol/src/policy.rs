@@ -36,18 +36,33 @@ pub const HOST_OWNED_HEADERS: &[&str] = &["authorization", "x-paperclip-run-id",
 /// A bad route rule.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
+    /// A TSV line is not `METHOD<TAB>REGEX`.
     #[error("route rule {line}: expected 'METHOD<TAB>REGEX'")]
-    Shape { line: usize },
+    Shape {
+        /// 1-based line of the TSV text.
+        line: usize,
+    },
+    /// A rule's method is empty or not all upper-case ASCII letters.
     #[error("route rule {line}: '{method}' is not an upper-case HTTP method")]
-    Method { line: usize, method: String },
+    Method {
+        /// 1-based line (or pair number) of the rule.
+        line: usize,
+        /// The method as written.
+        method: String,
+    },
+    /// A rule's path pattern does not compile as a regex.
     #[error("route rule {line}: bad regex: {source}")]
     Regex {
+        /// 1-based line (or pair number) of the rule.
         line: usize,
+        /// Why the regex compiler refused the pattern.
         #[source]
         source: Box<regex::Error>,
     },
+    /// A header allowlist entry is not lower-case token characters (the entry given).
     #[error("header name '{0}' must be lower-case token characters")]
     Header(String),
+    /// A header allowlist entry names a header the host sets itself ([`HOST_OWNED_HEADERS`]).
     #[error("header '{0}' is set by the host and cannot be allowlisted")]
     HostOwnedHeader(String),
 }
@@ -55,7 +70,9 @@ pub enum PolicyError {
 /// One allowed method and path pattern.
 #[derive(Debug, Clone)]
 pub struct RouteRule {
+    /// The upper-case HTTP method this rule allows, compared exactly.
     pub method: String,
+    /// The path regex, anchored as `^(?:...)$`, matched against the canonical path.
     pub pattern: Regex,
 }
 
@@ -113,6 +130,7 @@ impl RouteAllowlist {
             .any(|r| r.method == method && r.pattern.is_match(path.as_str()))
     }
 
+    /// The rules, in the order they were given.
     pub fn rules(&self) -> &[RouteRule] {
         &self.rules
     }

@@ -18,14 +18,22 @@ pub type Headers = BTreeMap<String, String>;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestFile {
+    /// `id`: random UUID chosen by the gateway; equals the file name stem.
     pub id: String,
+    /// `method`: the agent's HTTP method, upper-case (`GET`, `POST`, ...).
     pub method: String,
+    /// `path`: the URL path alone, without the query (`/api/issues/abc/comments`).
     pub path: String,
+    /// `query`: the query including its leading `?`, or `""` when there is none.
     pub query: String,
+    /// `headers`: the allowlisted request headers the agent sent.
     pub headers: Headers,
+    /// `body`: the request body; UTF-8 text unless `bodyEncoding` says base64.
     pub body: String,
+    /// `bodyEncoding`: how to read `body`; absent (and omitted when `None`) means UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_encoding: Option<BodyEncoding>,
+    /// `createdAt`: when the gateway wrote the request (ISO 8601, UTC).
     pub created_at: String,
 }
 
@@ -33,12 +41,19 @@ pub struct RequestFile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ResponseFile {
+    /// `id`: the id of the request this answers.
     pub id: String,
+    /// `status`: the HTTP status the gateway returns to the agent.
     pub status: u16,
+    /// `headers`: response headers for the agent (the gateway drops `content-length`).
     pub headers: Headers,
+    /// `body`: the response body; UTF-8 text unless `bodyEncoding` says base64.
     pub body: String,
+    /// `bodyEncoding`: how to read `body`; absent means UTF-8 (Paperclip's host always
+    /// sends `base64`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_encoding: Option<BodyEncoding>,
+    /// `completedAt`: when the host wrote the response (ISO 8601, UTC).
     pub completed_at: String,
 }
 
@@ -46,10 +61,15 @@ pub struct ResponseFile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReadyFile {
+    /// `pid`: the gateway's process id.
     pub pid: u32,
+    /// `host`: the IP address the gateway's socket is bound to.
     pub host: String,
+    /// `port`: the port actually bound (the real one even when port 0 was asked for).
     pub port: u16,
+    /// `baseUrl`: the URL agents call, no `/api` suffix; they get it as `PAPERCLIP_API_URL`.
     pub base_url: String,
+    /// `startedAt`: when the gateway, already listening, wrote this file (ISO 8601, UTC).
     pub started_at: String,
 }
 
@@ -58,7 +78,12 @@ pub struct ReadyFile {
 pub enum WireError {
     /// The file is larger than the envelope limit; it was not parsed.
     #[error("queue file is {size} bytes, over the limit of {limit}")]
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        /// The file's size in bytes.
+        size: usize,
+        /// The envelope limit it exceeds, in bytes.
+        limit: usize,
+    },
     /// The file is not the JSON object queue_v1 describes.
     #[error("queue file is not valid queue_v1 JSON: {0}")]
     Json(#[from] serde_json::Error),
