@@ -74,12 +74,12 @@ impl Session {
         let hello = tokio::time::timeout(bound, read_line(&mut stdout, MAX_REPLY_LINE)).await;
         if !matches!(&hello, Ok(Ok(Some(line))) if line == HELLO.as_bytes()) {
             process.kill();
-            // Let the stderr reader catch what the helper said before it died.
+            // Let the stderr reader catch what the session said before it died.
             let _ = tokio::time::timeout(Duration::from_secs(1), stderr_task).await;
             let said = tail_text(&stderr_tail);
             return Err(TransportError::Session(match hello {
-                Err(_) => format!("the helper session did not start within {bound:?}: {said}"),
-                _ => format!("the helper session did not start: {said}"),
+                Err(_) => format!("the session did not start within {bound:?}: {said}"),
+                _ => format!("the session did not start: {said}"),
             }));
         }
         let waiters = Arc::new(Mutex::new(Waiters::Open(HashMap::new())));
@@ -296,11 +296,11 @@ async fn route_replies<R: AsyncBufRead + Unpin>(
     let why = loop {
         let line = match read_line(&mut stdout, MAX_REPLY_LINE).await {
             Ok(Some(line)) => line,
-            Ok(None) => break "the helper session ended".to_owned(),
-            Err(e) => break format!("reading the helper session failed: {e}"),
+            Ok(None) => break "the session ended".to_owned(),
+            Err(e) => break format!("reading the session failed: {e}"),
         };
         let Ok(ReplyLine { seq, reply }) = ops::from_line(&line) else {
-            break "the helper session sent an unreadable line".to_owned();
+            break "the session sent an unreadable line".to_owned();
         };
         let waiter = match waiters.lock().as_deref_mut() {
             Ok(Waiters::Open(map)) => map.remove(&seq),
@@ -313,10 +313,10 @@ async fn route_replies<R: AsyncBufRead + Unpin>(
                 }
             }
             // Never asked for, or answered twice: not the host's to act on.
-            None => tracing::warn!(seq, "the helper session replied to no pending command"),
+            None => tracing::warn!(seq, "the session replied to no pending command"),
         }
     };
-    // Give a dying helper's last words a moment to arrive.
+    // Give a dying session's last words a moment to arrive.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let said = tail_text(&stderr_tail);
     close(

@@ -91,7 +91,7 @@ impl StreamTransport {
             self.discard(&session).await;
         }
         match result? {
-            Reply::Error(why) => Err(TransportError::Session(format!("the helper said: {why}"))),
+            Reply::Error(why) => Err(TransportError::Session(format!("the session said: {why}"))),
             reply => Ok(reply),
         }
     }
@@ -114,7 +114,7 @@ impl StreamTransport {
         let stream = self.runner.stream(spawn).await?;
         let session = Session::open(stream, self.reply_timeout, self.unheard()).await?;
         let session = Arc::new(session);
-        tracing::debug!("helper session open");
+        tracing::debug!("session open");
         *current = Some(session.clone());
         Ok(session)
     }
