@@ -35,8 +35,11 @@ pub struct BridgeConfig {
     pub sandbox_dir: PathBuf,
     /// The upstream API and the real credential (which stays on the host).
     pub upstream: Upstream,
+    /// What the worker lets through.
     pub policy: Arc<HostPolicy>,
+    /// The worker's settings (concurrency, the agent's response timeout, audit log).
     pub worker: WorkerConfig,
+    /// How the worker reaches the queue.
     pub transport: TransportKind,
     /// Pending requests before the gateway answers 503.
     pub max_queue_depth: usize,
@@ -77,27 +80,40 @@ impl BridgeConfig {
 /// Why the bridge could not be deployed or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
+    /// The gateway binary on this machine could not be read.
     #[error("cannot read the gateway binary {path}: {source}")]
     Binary {
+        /// Where it was looked for.
         path: PathBuf,
+        /// Why it could not be read.
         #[source]
         source: std::io::Error,
     },
+    /// The runner could not carry out a set-up exec at all.
     #[error("exec into the sandbox failed during {step}: {source}")]
     Runner {
+        /// The deployment step, in words.
         step: &'static str,
+        /// The runner's error.
         #[source]
         source: RunnerError,
     },
     #[error("{step} failed in the sandbox (exit {code:?}{timed_out}): {stderr}")]
+    /// A set-up script ran in the sandbox and failed (or ran past its bound).
     Script {
+        /// The deployment step, in words.
         step: &'static str,
+        /// Its exit code (`None`: killed or timed out).
         code: Option<i32>,
+        /// `", timed out"` when it ran past its bound, else empty.
         timed_out: &'static str,
+        /// What it said on stderr.
         stderr: String,
     },
+    /// The gateway started but its `ready.json` could not be read.
     #[error("the gateway's ready.json made no sense: {0}")]
     BadReady(String),
+    /// [`TransportKind::SharedFs`] was asked for with a runner that does not share files.
     #[error("the shared-filesystem transport needs a runner on this machine's file system")]
     NotSharedFs,
 }
@@ -191,10 +207,12 @@ impl BridgeHandle {
         &self.ready
     }
 
+    /// The queue directory, as the sandbox sees it.
     pub fn queue_dir(&self) -> &Path {
         &self.queue_dir
     }
 
+    /// The worker serving the queue (statistics, exec count).
     pub fn worker(&self) -> &WorkerHandle {
         &self.worker
     }

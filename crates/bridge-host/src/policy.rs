@@ -13,6 +13,7 @@ use serde::Deserialize;
 /// What the worker lets through.
 #[derive(Debug, Clone)]
 pub struct HostPolicy {
+    /// The routes an agent may call (Paperclip's default allowlist unless a file says more).
     pub routes: RouteAllowlist,
     /// Request headers forwarded upstream (lower-case).
     pub request_headers: Vec<String>,
@@ -36,14 +37,23 @@ impl Default for HostPolicy {
 /// A policy file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyFileError {
+    /// The file could not be read.
     #[error("cannot read policy file {path}: {source}")]
     Read {
+        /// The policy file.
         path: PathBuf,
+        /// Why it could not be read.
         #[source]
         source: std::io::Error,
     },
+    /// The file was read but is not a valid policy.
     #[error("policy file {path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    Invalid {
+        /// The policy file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 /// The file's shape. Every field is optional; unknown fields are errors (a typo must not

@@ -13,6 +13,7 @@ use bridge_protocol::CanonicalPath;
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps `value`; from here on it prints as `<redacted>`.
     pub fn new(value: String) -> Self {
         Self(value)
     }
@@ -32,8 +33,10 @@ impl fmt::Debug for Secret {
 /// A configuration the upstream cannot work with.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
+    /// The API URL is not a plain http(s) base URL.
     #[error("API URL {0:?} must be an http:// or https:// URL without query, fragment or user")]
     BadUrl(String),
+    /// reqwest could not build its client (TLS set-up and the like).
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
 }
@@ -50,11 +53,15 @@ pub struct Upstream {
 /// A request that passed the policy.
 #[derive(Debug)]
 pub struct Forward<'a> {
+    /// The HTTP method, upper-case, already allowed by the policy.
     pub method: &'a str,
+    /// The canonical path: what was checked is what is forwarded.
     pub path: &'a CanonicalPath,
+    /// The query string with its `?`, or empty.
     pub query: &'a str,
     /// Already reduced to the request header allowlist.
     pub headers: &'a Headers,
+    /// The decoded request body.
     pub body: Vec<u8>,
 }
 
@@ -63,8 +70,11 @@ pub struct Forward<'a> {
 pub enum Forwarded {
     /// The upstream answered (headers reduced to the response allowlist).
     Answer {
+        /// The upstream's status, passed through (3xx is not followed).
         status: u16,
+        /// Response headers, reduced to the response allowlist.
         headers: Headers,
+        /// The response body, bounded by the policy's body limit.
         body: Vec<u8>,
     },
     /// Failed before the request left: safe to retry.
@@ -74,6 +84,8 @@ pub enum Forwarded {
 }
 
 impl Upstream {
+    /// The API at `base_url` with the real `key`, for run `run_id` (sent as Paperclip's
+    /// run-id header when present).
     pub fn new(
         base_url: &str,
         key: Secret,
@@ -117,6 +129,7 @@ impl Upstream {
         }
     }
 
+    /// The configured base URL (no credential in it).
     pub fn base_url(&self) -> &str {
         &self.base
     }

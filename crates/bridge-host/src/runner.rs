@@ -68,16 +68,19 @@ impl Exec {
         }
     }
 
+    /// Sets the bytes for the script's standard input.
     pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
         self.stdin = bytes.into();
         self
     }
 
+    /// Adds one environment variable (the place for secrets).
     pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((name.into(), value.into()));
         self
     }
 
+    /// Sets the working directory inside the sandbox.
     pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cwd = Some(dir.into());
         self
@@ -89,7 +92,9 @@ impl Exec {
 pub struct ExecOutput {
     /// Exit code; `None` when killed by a signal or on time-out.
     pub code: Option<i32>,
+    /// Everything the script printed on stdout (bounded: the sandbox is untrusted).
     pub stdout: Vec<u8>,
+    /// Everything the script printed on stderr (bounded likewise).
     pub stderr: Vec<u8>,
     /// The exec ran past its timeout and was killed.
     pub timed_out: bool,
@@ -120,18 +125,25 @@ pub struct Capabilities {
 /// see [`ExecOutput::code`]).
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
+    /// The local program that carries the exec could not be started.
     #[error("could not start {program}: {source}")]
     Spawn {
+        /// The program (e.g. `nsenter`, an exec prefix's client).
         program: String,
+        /// Why it could not start.
         #[source]
         source: std::io::Error,
     },
+    /// Reading or writing the exec's streams failed.
     #[error("i/o with the exec process failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The sandbox no longer exists (destroyed, or its holder died).
     #[error("the sandbox is gone: {0}")]
     SandboxGone(String),
+    /// The exec was not well formed (an empty prefix, an invalid variable name).
     #[error("{0}")]
     Invalid(String),
+    /// [`Runner::stream`] on a runner that cannot stream.
     #[error("this runner cannot stream")]
     NoStreaming,
 }

@@ -80,16 +80,27 @@ pub fn build(
 /// lost by it; the worker retries with backoff.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
+    /// The runner could not carry out the exec.
     #[error(transparent)]
     Runner(#[from] crate::runner::RunnerError),
+    /// An exec, or a session reply or write, took longer than its bound.
     #[error("exec timed out after {0:?}")]
     TimedOut(Duration),
+    /// The exec ran and exited non-zero.
     #[error("exec failed (exit {code:?}): {stderr}")]
-    Failed { code: Option<i32>, stderr: String },
+    Failed {
+        /// Its exit code (`None`: killed).
+        code: Option<i32>,
+        /// What it said on stderr.
+        stderr: String,
+    },
+    /// The sandbox's output was not what the contract says.
     #[error("could not read the exec's output: {0}")]
     Garbled(String),
+    /// The session failed to start, ended, or answered with an error.
     #[error("{0}")]
     Session(String),
+    /// Local file operations failed (the shared-directory transport).
     #[error("local i/o failed: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -6,7 +6,7 @@
 /// Creates the queue (owner-only), clears a stale `ready.json`, and prints the sha256 of
 /// the gateway binary already there, or `missing`.
 /// Inputs: `Q` (queue dir), `BIN` (gateway path).
-pub const PREPARE: &str = r#"set -e
+pub(crate) const PREPARE: &str = r#"set -e
 umask 077
 mkdir -p "$Q/requests" "$Q/responses" "$Q/logs" "$(dirname "$BIN")"
 chmod 700 "$Q" "$Q/requests" "$Q/responses" "$Q/logs"
@@ -20,7 +20,7 @@ fi
 
 /// Appends stdin to `$BIN.part` (`FIRST=1` truncates first); with `LAST=1` checks the
 /// sha256 against `SHA` and moves the file into place.
-pub const UPLOAD_CHUNK: &str = r#"set -e
+pub(crate) const UPLOAD_CHUNK: &str = r#"set -e
 umask 077
 if [ "$FIRST" = 1 ]; then cat > "$BIN.part"; else cat >> "$BIN.part"; fi
 if [ "$LAST" = 1 ]; then
@@ -38,7 +38,7 @@ fi
 /// Starts the gateway detached, records its pid, and waits for `ready.json` (at most
 /// `TRIES` rounds of 10 ms), printing it. Exits 3 with the log tail if the gateway dies
 /// first, 4 on time-out. The gateway's own settings arrive in the environment too.
-pub const START: &str = r#"alive() {
+pub(crate) const START: &str = r#"alive() {
   if [ -r "/proc/$1/stat" ]; then
     state=$(sed 's/.*) \(.\).*/\1/' "/proc/$1/stat" 2>/dev/null)
     [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
@@ -72,14 +72,14 @@ exit 4
 "#;
 
 /// Asks the gateway to stop: it stops accepting and finishes its in-flight callers.
-pub const TERMINATE: &str = r#"pid=$(cat "$Q/server.pid" 2>/dev/null || true)
+pub(crate) const TERMINATE: &str = r#"pid=$(cat "$Q/server.pid" 2>/dev/null || true)
 [ -z "$pid" ] || kill -TERM "$pid" 2>/dev/null || true
 "#;
 
 /// Waits up to `TRIES` rounds of 50 ms for the gateway to exit (a zombie counts as gone:
 /// its reaper may be slow), then KILLs it, then
 /// removes the queue directory (the uploaded binary stays, for the next deployment).
-pub const REAP: &str = r#"alive() {
+pub(crate) const REAP: &str = r#"alive() {
   if [ -r "/proc/$1/stat" ]; then
     state=$(sed 's/.*) \(.\).*/\1/' "/proc/$1/stat" 2>/dev/null)
     [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]

@@ -29,6 +29,7 @@ pub struct DelayRunner {
 }
 
 impl DelayRunner {
+    /// `inner`, with `delay` added to every exec's start and to each stream's round trip.
     pub fn new(inner: Arc<dyn Runner>, delay: Duration) -> Self {
         Self { inner, delay }
     }

@@ -15,11 +15,11 @@ const PIPE_DRAIN: Duration = Duration::from_secs(2);
 
 /// Most bytes kept from one output stream; the rest is dropped (a take batch is far
 /// smaller: its size is bounded by `max_batch_bytes`).
-pub const MAX_OUTPUT: usize = 512 * 1024 * 1024;
+pub(crate) const MAX_OUTPUT: usize = 512 * 1024 * 1024;
 
 /// The only host variables a sandbox process starts with; everything else it gets is
 /// what the caller passes. Keeps the host's secrets (e.g. Paperclip's run JWT) out.
-pub fn base_env() -> Vec<(String, String)> {
+pub(crate) fn base_env() -> Vec<(String, String)> {
     vec![
         ("PATH".into(), sandbox_path()),
         ("LANG".into(), "C.UTF-8".into()),
@@ -52,7 +52,7 @@ fn sandbox_path() -> String {
 
 /// `<prefix...> sh -c <script>` with a cleared environment plus [`base_env`]: how every
 /// local runner starts a sandbox shell (the caller adds the exec's own variables).
-pub fn sh_command(prefix: &[&str], script: String) -> Command {
+pub(crate) fn sh_command(prefix: &[&str], script: String) -> Command {
     let (program, args) = match prefix.split_first() {
         Some((program, args)) => (*program, args),
         None => ("sh", &[][..]),
@@ -67,7 +67,7 @@ pub fn sh_command(prefix: &[&str], script: String) -> Command {
 }
 
 /// Prefixes `script` with a `cd` into `cwd` (exit 125 if it is missing).
-pub fn with_cwd(script: &str, cwd: Option<&std::path::Path>) -> String {
+pub(crate) fn with_cwd(script: &str, cwd: Option<&std::path::Path>) -> String {
     match cwd {
         Some(dir) => format!(
             "cd {} || exit 125\n{script}",
@@ -78,7 +78,7 @@ pub fn with_cwd(script: &str, cwd: Option<&std::path::Path>) -> String {
 }
 
 /// Runs `command` with `stdin`, collecting its output, killed after `timeout`.
-pub async fn run(
+pub(crate) async fn run(
     mut command: Command,
     stdin: Vec<u8>,
     timeout: Duration,
@@ -129,7 +129,7 @@ pub async fn run(
 }
 
 /// Starts `command` with all three standard streams piped, as an [`ExecStream`].
-pub fn open_stream(mut command: Command) -> Result<ExecStream, RunnerError> {
+pub(crate) fn open_stream(mut command: Command) -> Result<ExecStream, RunnerError> {
     command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -148,7 +148,7 @@ pub fn open_stream(mut command: Command) -> Result<ExecStream, RunnerError> {
 /// A process on this machine (the local `sh`, an exec prefix's client, `nsenter`); killed
 /// when dropped.
 #[derive(Debug)]
-pub struct LocalProcess(tokio::process::Child);
+pub(crate) struct LocalProcess(tokio::process::Child);
 
 impl Process for LocalProcess {
     fn wait(&mut self) -> BoxFuture<'_, Result<ExitStatus, RunnerError>> {
@@ -181,7 +181,7 @@ impl Process for LocalProcess {
 }
 
 /// Spawns `command`; a failure names the program.
-pub fn spawn(command: &mut Command) -> Result<tokio::process::Child, RunnerError> {
+pub(crate) fn spawn(command: &mut Command) -> Result<tokio::process::Child, RunnerError> {
     command.spawn().map_err(|source| RunnerError::Spawn {
         program: command
             .as_std()
@@ -218,7 +218,7 @@ async fn read_all<R: tokio::io::AsyncRead + Unpin>(
 
 /// Kills the whole process group (the script and what it started). `kill` the command,
 /// because this crate forbids `unsafe` and so calls no libc.
-pub fn kill_group(pid: Option<u32>) {
+pub(crate) fn kill_group(pid: Option<u32>) {
     if let Some(pid) = pid {
         let _ = std::process::Command::new("kill")
             .args(["-KILL", "--", &format!("-{pid}")])

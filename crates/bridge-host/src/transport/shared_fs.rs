@@ -21,6 +21,7 @@ pub struct SharedFsTransport {
 }
 
 impl SharedFsTransport {
+    /// The queue at `queue_dir`, a directory this machine sees.
     pub fn new(queue_dir: PathBuf) -> Self {
         Self {
             layout: QueueLayout::new(queue_dir),
