@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use crate::worker::Decision;
+
 /// An append-only JSON-lines file, shared by the worker's tasks.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
@@ -19,8 +21,8 @@ pub struct AuditRecord<'a> {
     pub id: &'a str,
     pub method: &'a str,
     pub path: &'a str,
-    /// `forwarded`, `denied`, `invalid`, `indeterminate`, `failed` or `stopping`.
-    pub decision: &'a str,
+    /// What was decided, written lower-case (`forwarded`, `denied`, ...).
+    pub decision: Decision,
     pub status: u16,
     pub upstream_status: Option<u16>,
     pub latency_ms: f64,
@@ -50,5 +52,38 @@ impl AuditLog {
         if !matches!(written, Ok(Ok(()))) {
             tracing::warn!("could not write the audit log");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_is_one_json_line_in_a_fixed_field_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        for (decision, upstream_status) in
+            [(Decision::Forwarded, Some(201)), (Decision::Stopping, None)]
+        {
+            log.record(&AuditRecord {
+                time: "2024-01-02T03:04:05.678Z".into(),
+                id: "r1",
+                method: "POST",
+                path: "/api/issues/i1/comments",
+                decision,
+                status: 201,
+                upstream_status,
+                latency_ms: 1.5,
+            });
+        }
+        let expected = concat!(
+            r#"{"time":"2024-01-02T03:04:05.678Z","id":"r1","method":"POST","path":"/api/issues/i1/comments","decision":"forwarded","status":201,"upstream_status":201,"latency_ms":1.5}"#,
+            "\n",
+            r#"{"time":"2024-01-02T03:04:05.678Z","id":"r1","method":"POST","path":"/api/issues/i1/comments","decision":"stopping","status":201,"upstream_status":null,"latency_ms":1.5}"#,
+            "\n",
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), expected);
     }
 }

@@ -26,11 +26,6 @@ pub use posix::PosixTransport;
 pub use shared_fs::SharedFsTransport;
 pub use stream::StreamTransport;
 
-/// A request file taken from the queue (the contract's own type). Its content is untrusted.
-pub type Incoming = Taken;
-/// One response file to write (the contract's own type).
-pub type Outgoing = PutItem;
-
 /// How the worker reaches the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TransportKind {

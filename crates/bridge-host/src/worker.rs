@@ -18,9 +18,42 @@ use tokio::task::JoinSet;
 use crate::audit::AuditLog;
 use crate::policy::HostPolicy;
 use crate::proxy::Upstream;
-use crate::transport::{Incoming, Outgoing, TakeOptions, Transport};
+use crate::transport::{PutItem, TakeOptions, Taken, Transport};
 
 pub use check::{check, Checked, Refusal};
+
+/// What the worker decided about one request (the audit log's `decision`, and traces').
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// Passed the policy and was sent upstream; the upstream's answer goes back.
+    Forwarded,
+    /// Well formed, but the policy does not allow it (route, method, header, size).
+    Denied,
+    /// The request file is malformed (not queue_v1, bad body, bad path): never forwarded.
+    Invalid,
+    /// It may have reached the upstream but no answer came (or an earlier worker claimed
+    /// it): the agent is told the outcome is unknown, not to retry blindly.
+    Indeterminate,
+    /// Forwarding failed before the request left the host: safe for the agent to retry.
+    Failed,
+    /// The worker is stopping: answered 503 without forwarding.
+    Stopping,
+}
+
+impl Decision {
+    /// The lower-case name, as the audit log writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Forwarded => "forwarded",
+            Decision::Denied => "denied",
+            Decision::Invalid => "invalid",
+            Decision::Indeterminate => "indeterminate",
+            Decision::Failed => "failed",
+            Decision::Stopping => "stopping",
+        }
+    }
+}
 
 /// Worker settings.
 #[derive(Debug, Clone)]
@@ -275,7 +308,7 @@ async fn sweep(shared: &Shared, deliveries: &mpsc::UnboundedSender<Pending>) {
 /// An answer waiting to be delivered.
 #[derive(Debug)]
 pub(crate) struct Pending {
-    outgoing: Outgoing,
+    outgoing: PutItem,
     since: Instant,
 }
 
@@ -321,7 +354,7 @@ async fn deliver_batch(
         if batch.is_empty() {
             return;
         }
-        let outgoing: Vec<Outgoing> = batch.iter().map(|p| p.outgoing.clone()).collect();
+        let outgoing: Vec<PutItem> = batch.iter().map(|p| p.outgoing.clone()).collect();
         match shared.transport.deliver(outgoing).await {
             Ok(results) => {
                 for (id, delivery) in results {
@@ -344,7 +377,7 @@ async fn deliver_batch(
 
 impl Shared {
     /// Marks a taken request in flight; `None` if it already is.
-    fn admit(&self, incoming: Incoming) -> Option<Incoming> {
+    fn admit(&self, incoming: Taken) -> Option<Taken> {
         let mut in_flight = self.in_flight.lock().ok()?;
         if !in_flight.insert(incoming.id.clone()) {
             return None;

@@ -35,8 +35,8 @@ const ENV: &str = "env";
 const SLEEP: &str = "sleep 30";
 /// Says `ready` on stderr, then echoes its stdin line by line.
 const ECHO_LINES: &str = "echo ready >&2; while IFS= read -r line; do echo \"got $line\"; done";
-/// Reads stdin to its end (an agent gets an empty one), then exits 3.
-const AGENT: &str = "cat >/dev/null; exit 3";
+/// Exits 3 if its stdin is empty (as an agent's must be), else 4.
+const AGENT: &str = "[ -z \"$(cat)\" ] && exit 3 || exit 4";
 
 /// The in-memory sandbox, with a program for each contract script.
 fn memory() -> MemoryRunner {
@@ -72,8 +72,13 @@ fn memory() -> MemoryRunner {
         })
         .with_program(ECHO_LINES, echo_lines)
         .with_program(AGENT, |mut run| async move {
-            let _ = tokio::io::copy(&mut run.stdin, &mut tokio::io::sink()).await;
-            3
+            let mut input = Vec::new();
+            let _ = run.stdin.read_to_end(&mut input).await;
+            if input.is_empty() {
+                3
+            } else {
+                4
+            }
         })
 }
 
@@ -293,6 +298,20 @@ async fn the_local_runner_runs_in_the_working_directory() {
         String::from_utf8(out.stdout).unwrap().trim(),
         dir.path().canonicalize().unwrap().display().to_string()
     );
+}
+
+#[tokio::test]
+async fn local_processes_start_with_a_path_and_nothing_else_of_the_hosts() {
+    std::env::set_var("HOST_ONLY_SECRET_TOKEN", "must-not-cross");
+    for runner in [
+        &LocalRunner as &dyn Runner,
+        &CommandRunner::parse("env --").unwrap(),
+    ] {
+        let out = runner.exec(Exec::new(ENV, T)).await.unwrap();
+        let env = String::from_utf8(out.stdout).unwrap();
+        assert!(env.contains("PATH="), "{runner:?}: {env}");
+        assert!(!env.contains("must-not-cross"), "{runner:?}: {env}");
+    }
 }
 
 #[tokio::test]

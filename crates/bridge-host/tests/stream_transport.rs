@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bridge_host::runner::{DelayRunner, LocalRunner};
-use bridge_host::transport::{Outgoing, StreamTransport, TakeOptions, Transport, TransportError};
+use bridge_host::transport::{PutItem, StreamTransport, TakeOptions, Transport, TransportError};
 use common::*;
 
 /// A stand-in gateway binary: a shell script.
@@ -186,7 +186,7 @@ async fn a_session_that_stops_reading_cannot_block_a_put() {
     // Greets, then never reads its stdin again: a large put fills the pipe.
     let deaf = fake_binary(dir.path(), r#"echo '{"session":1}'; exec sleep 1000"#);
     let t = transport(dir.path(), deaf, Duration::from_millis(500));
-    let big = Outgoing {
+    let big = PutItem {
         id: "p1".into(),
         file: vec![b'x'; 4 * 1024 * 1024],
     };

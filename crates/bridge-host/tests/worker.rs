@@ -11,11 +11,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use bridge_host::audit::AuditLog;
 use bridge_host::policy::HostPolicy;
 use bridge_host::proxy::{Secret, Upstream};
-use bridge_host::runner::BoxFuture;
+use bridge_host::runner::{
+    BoxFuture, Capabilities, Exec, ExecOutput, ExecStream, LocalRunner, Runner, RunnerError, Spawn,
+};
 use bridge_host::transport::{
-    Delivery, Incoming, Outgoing, SharedFsTransport, TakeOptions, Transport, TransportError,
+    Delivery, PosixTransport, PutItem, SharedFsTransport, StreamTransport, TakeOptions, Taken,
+    Transport, TransportError,
 };
 use bridge_host::worker::{Worker, WorkerConfig, WorkerHandle};
 use common::*;
@@ -40,12 +44,20 @@ fn config() -> WorkerConfig {
     }
 }
 
+/// [`config`], forwarding at most `concurrency` requests at once.
+fn with_concurrency(concurrency: usize) -> WorkerConfig {
+    WorkerConfig {
+        concurrency,
+        ..config()
+    }
+}
+
+fn shared_fs(queue: &Path) -> Arc<dyn Transport> {
+    Arc::new(SharedFsTransport::new(queue.to_path_buf()))
+}
+
 fn start(queue: &Path, recorder: &Recorder, config: WorkerConfig) -> WorkerHandle {
-    start_on(
-        Arc::new(SharedFsTransport::new(queue.to_path_buf())),
-        recorder,
-        config,
-    )
+    start_on(shared_fs(queue), recorder, config)
 }
 
 fn start_on(
@@ -59,6 +71,35 @@ fn start_on(
         Arc::new(HostPolicy::default()),
         config,
     )
+}
+
+/// Queues a GET of `path` with id `id` and no headers.
+fn write_get(queue: &Path, id: &str, path: &str) {
+    write_request(queue, id, &request_json(id, "GET", path, "{}", r#""""#));
+}
+
+/// Queues `count` GETs, `{tag}0`, `{tag}1`, …, each of the issue named like it.
+fn write_gets(queue: &Path, tag: &str, count: usize) {
+    for i in 0..count {
+        let id = format!("{tag}{i}");
+        write_get(queue, &id, &format!("/api/issues/{id}"));
+    }
+}
+
+/// Queues a POST of an empty JSON comment on `issue`, with id `id`; returns the path.
+fn write_comment(queue: &Path, id: &str, issue: &str) -> String {
+    let path = format!("/api/issues/{issue}/comments");
+    write_request(queue, id, &request_json(id, "POST", &path, "{}", r#""{}""#));
+    path
+}
+
+/// Waits (ten seconds at most, else fails saying `what` never happened) until `done`.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[tokio::test]
@@ -254,7 +295,7 @@ impl Flaky {
 }
 
 impl Transport for Flaky {
-    fn take(&self, opts: TakeOptions) -> BoxFuture<'_, Result<Vec<Incoming>, TransportError>> {
+    fn take(&self, opts: TakeOptions) -> BoxFuture<'_, Result<Vec<Taken>, TransportError>> {
         if self.fail_now() {
             return Box::pin(async { Err(TransportError::TimedOut(Duration::from_millis(1))) });
         }
@@ -263,7 +304,7 @@ impl Transport for Flaky {
 
     fn deliver(
         &self,
-        responses: Vec<Outgoing>,
+        responses: Vec<PutItem>,
     ) -> BoxFuture<'_, Result<Vec<(String, Delivery)>, TransportError>> {
         if self.fail_now() {
             return Box::pin(async {
@@ -290,28 +331,14 @@ async fn failing_execs_lose_nothing_and_forward_nothing_twice() {
         calls: AtomicU64::new(0),
     });
     let worker = start_on(flaky.clone(), &recorder, config());
-    for i in 0..20 {
-        let id = format!("f{i}");
-        write_request(
-            dir.path(),
-            &id,
-            &request_json(
-                &id,
-                "POST",
-                &format!("/api/issues/i{i}/comments"),
-                "{}",
-                r#""{}""#,
-            ),
-        );
-    }
+    let paths: Vec<String> = (0..20)
+        .map(|i| write_comment(dir.path(), &format!("f{i}"), &format!("i{i}")))
+        .collect();
     for i in 0..20 {
         assert_eq!(response(dir.path(), &format!("f{i}")).await.status, 201);
     }
-    for i in 0..20 {
-        assert_eq!(
-            recorder.count("POST", &format!("/api/issues/i{i}/comments")),
-            1
-        );
+    for path in &paths {
+        assert_eq!(recorder.count("POST", path), 1);
     }
     assert!(
         worker.stats().transport_errors.load(Ordering::SeqCst) > 0,
@@ -337,14 +364,10 @@ async fn a_restarted_worker_never_resends_an_unsafe_request() {
             r#""{\"status\":\"done\"}""#,
         ),
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while recorder.count("PATCH", "/api/issues/i1") == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the first worker never forwarded"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until("the first worker never forwarded", || {
+        recorder.count("PATCH", "/api/issues/i1") > 0
+    })
+    .await;
     first.abort(); // a crash mid-request
     drop(held);
     let second = start(dir.path(), &recorder, config());
@@ -368,27 +391,9 @@ async fn stop_answers_everything_still_queued_with_503() {
     let recorder = Recorder::start().await;
     let dir = queue_dir();
     let held = recorder.hold.clone().write_owned().await;
-    let worker = start(
-        dir.path(),
-        &recorder,
-        WorkerConfig {
-            concurrency: 1,
-            ..config()
-        },
-    );
-    for i in 0..3 {
-        let id = format!("s{i}");
-        write_request(
-            dir.path(),
-            &id,
-            &request_json(&id, "GET", &format!("/api/issues/s{i}"), "{}", r#""""#),
-        );
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while recorder.seen().is_empty() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let worker = start(dir.path(), &recorder, with_concurrency(1));
+    write_gets(dir.path(), "s", 3);
+    wait_until("nothing was forwarded", || !recorder.seen().is_empty()).await;
     tokio::time::timeout(Duration::from_secs(10), worker.stop())
         .await
         .expect("stop is bounded");
@@ -410,27 +415,12 @@ async fn requests_are_forwarded_concurrently_up_to_the_limit() {
     let recorder = Recorder::start().await;
     let dir = queue_dir();
     let held = recorder.hold.clone().write_owned().await;
-    let worker = start(
-        dir.path(),
-        &recorder,
-        WorkerConfig {
-            concurrency: 4,
-            ..config()
-        },
-    );
-    for i in 0..8 {
-        let id = format!("k{i}");
-        write_request(
-            dir.path(),
-            &id,
-            &request_json(&id, "GET", &format!("/api/issues/k{i}"), "{}", r#""""#),
-        );
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while recorder.max_in_flight.load(Ordering::SeqCst) < 4 {
-        assert!(Instant::now() < deadline, "never reached 4 at once");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let worker = start(dir.path(), &recorder, with_concurrency(4));
+    write_gets(dir.path(), "k", 8);
+    wait_until("never reached 4 at once", || {
+        recorder.max_in_flight.load(Ordering::SeqCst) >= 4
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         recorder.max_in_flight.load(Ordering::SeqCst),
@@ -458,59 +448,128 @@ async fn unreachable_upstream_is_502_before_sending_and_retryable() {
     )
     .unwrap();
     let worker = Worker::spawn(
-        Arc::new(SharedFsTransport::new(dir.path().to_path_buf())),
+        shared_fs(dir.path()),
         upstream,
         Arc::new(HostPolicy::default()),
         config(),
     );
-    write_request(
-        dir.path(),
-        "n1",
-        &request_json("n1", "POST", "/api/issues/i/comments", "{}", r#""{}""#),
-    );
+    write_comment(dir.path(), "n1", "i");
     let answer = response(dir.path(), "n1").await;
     assert_eq!(answer.status, 502);
     assert!(!answer.headers.contains_key("x-paperclip-bridge-outcome"));
     worker.stop().await;
 }
 
+/// What the audit log says about one request, up to its latency (which varies).
+fn audit_line_start(id: &str, method: &str, path: &str, decision: &str, statuses: &str) -> String {
+    format!(
+        r#","id":"{id}","method":"{method}","path":"{path}","decision":"{decision}",{statuses},"latency_ms":"#
+    )
+}
+
+#[tokio::test]
+async fn every_answer_is_audited_with_its_decision() {
+    let recorder = Recorder::start().await;
+    let dir = queue_dir();
+    let scratch = tempfile::tempdir().unwrap();
+    let log = scratch.path().join("audit.jsonl");
+    let audit = Some(AuditLog::open(&log).unwrap());
+    let worker = start(dir.path(), &recorder, WorkerConfig { audit, ..config() });
+    // One at a time, so the log's order is the order written.
+    write_get(dir.path(), "a1", "/api/agents/me");
+    response(dir.path(), "a1").await;
+    write_get(dir.path(), "a2", "/api/companies");
+    response(dir.path(), "a2").await;
+    write_request(dir.path(), "a3", "{not json");
+    response(dir.path(), "a3").await;
+    worker.stop().await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let expected = [
+        audit_line_start(
+            "a1",
+            "GET",
+            "/api/agents/me",
+            "forwarded",
+            r#""status":200,"upstream_status":200"#,
+        ),
+        audit_line_start(
+            "a2",
+            "GET",
+            "/api/companies",
+            "denied",
+            r#""status":403,"upstream_status":null"#,
+        ),
+        audit_line_start(
+            "a3",
+            "-",
+            "-",
+            "invalid",
+            r#""status":400,"upstream_status":null"#,
+        ),
+    ];
+    assert_eq!(lines.len(), expected.len(), "{text}");
+    for (line, start) in lines.iter().zip(&expected) {
+        assert!(line.starts_with(r#"{"time":""#), "{line}");
+        assert!(line.ends_with('}'), "{line}");
+        assert!(line.contains(start.as_str()), "{line} lacks {start}");
+    }
+}
+
 /// Twelve POSTs, one at a time (so lost takes and lost delivers both happen): each is
 /// answered 201 and reaches the upstream exactly once.
 async fn posts_one_at_a_time_are_each_forwarded_once(queue: &Path, recorder: &Recorder, tag: &str) {
+    let mut paths = Vec::new();
     for i in 0..12 {
         let id = format!("{tag}{i}");
-        let path = format!("/api/issues/{id}/comments");
-        write_request(
-            queue,
-            &id,
-            &request_json(&id, "POST", &path, "{}", r#""{}""#),
-        );
+        paths.push(write_comment(queue, &id, &id));
         assert_eq!(response(queue, &id).await.status, 201, "{id}");
         std::fs::remove_file(queue.join(format!("responses/{id}.json"))).unwrap();
     }
-    for i in 0..12 {
-        let path = format!("/api/issues/{tag}{i}/comments");
-        assert_eq!(recorder.count("POST", &path), 1, "{path}");
+    for path in &paths {
+        assert_eq!(recorder.count("POST", path), 1, "{path}");
     }
 }
 
-/// Runs every exec, but loses the result of every third one (reports a time-out), like an
-/// exec channel that drops after the command ran: the worst case for claims.
-#[derive(Debug)]
-struct LossyRunner {
-    calls: AtomicU64,
+/// Which results a [`Lossy`] runner loses: every third one of its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loss {
+    /// Every exec runs, but every third one's result is lost (reported as a time-out),
+    /// like an exec channel that drops after the command ran: the worst case for claims.
+    ExecResults,
+    /// Streams break off after every third reply: the session did the work, but its reply
+    /// is lost and the stream ends, as a provider's streaming exec that drops would.
+    StreamReplies,
 }
 
-impl bridge_host::runner::Runner for LossyRunner {
-    fn exec(
-        &self,
-        exec: bridge_host::runner::Exec,
-    ) -> BoxFuture<'_, Result<bridge_host::runner::ExecOutput, bridge_host::runner::RunnerError>>
-    {
+/// The local runner, losing results as its [`Loss`] says.
+#[derive(Debug)]
+struct Lossy {
+    loss: Loss,
+    /// Results of the lossy kind seen so far (execs or stream replies).
+    seen: Arc<AtomicU64>,
+}
+
+impl Lossy {
+    fn new(loss: Loss) -> Arc<Self> {
+        Arc::new(Self {
+            loss,
+            seen: Arc::default(),
+        })
+    }
+}
+
+/// Counts one more result; whether it is the one in three that is lost.
+fn lose_this_one(seen: &AtomicU64) -> bool {
+    seen.fetch_add(1, Ordering::SeqCst) % 3 == 2
+}
+
+impl Runner for Lossy {
+    fn exec(&self, exec: Exec) -> BoxFuture<'_, Result<ExecOutput, RunnerError>> {
         Box::pin(async move {
-            let out = bridge_host::runner::LocalRunner.exec(exec).await?;
-            if self.calls.fetch_add(1, Ordering::SeqCst) % 3 == 2 {
-                return Ok(bridge_host::runner::ExecOutput {
+            let out = LocalRunner.exec(exec).await?;
+            if self.loss == Loss::ExecResults && lose_this_one(&self.seen) {
+                return Ok(ExecOutput {
                     timed_out: true,
                     ..Default::default()
                 });
@@ -519,111 +578,80 @@ impl bridge_host::runner::Runner for LossyRunner {
         })
     }
 
-    fn stream(
-        &self,
-        _: bridge_host::runner::Spawn,
-    ) -> BoxFuture<'_, Result<bridge_host::runner::ExecStream, bridge_host::runner::RunnerError>>
-    {
-        Box::pin(async { Err(bridge_host::runner::RunnerError::NoStreaming) })
+    fn stream(&self, spawn: Spawn) -> BoxFuture<'_, Result<ExecStream, RunnerError>> {
+        Box::pin(async move {
+            if self.loss != Loss::StreamReplies {
+                return Err(RunnerError::NoStreaming);
+            }
+            let mut stream = LocalRunner.stream(spawn).await?;
+            let (relay, ours) = tokio::io::duplex(1 << 20);
+            let theirs = std::mem::replace(&mut stream.stdout, Box::pin(ours));
+            tokio::spawn(relay_losing_replies(theirs, relay, self.seen.clone()));
+            Ok(stream)
+        })
     }
 
-    fn capabilities(&self) -> bridge_host::runner::Capabilities {
-        bridge_host::runner::Capabilities::default()
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            streaming: self.loss == Loss::StreamReplies,
+            shared_fs: false,
+        }
+    }
+}
+
+/// Relays the session's lines until the third reply, which is lost with the stream.
+async fn relay_losing_replies(
+    theirs: impl tokio::io::AsyncRead + Unpin,
+    mut relay: tokio::io::DuplexStream,
+    seen: Arc<AtomicU64>,
+) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let mut lines = tokio::io::BufReader::new(theirs).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let hello = line.starts_with(r#"{"session""#);
+        if !hello && lose_this_one(&seen) {
+            return; // the reply is lost and the stream ends
+        }
+        if relay
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .is_err()
+        {
+            return;
+        }
     }
 }
 
 #[tokio::test]
 async fn execs_whose_results_are_lost_lose_no_request() {
-    use bridge_host::runner::Runner as _;
     let recorder = Recorder::start().await;
     let dir = queue_dir();
-    let runner = Arc::new(LossyRunner {
-        calls: AtomicU64::new(0),
-    });
-    let transport = Arc::new(bridge_host::transport::PosixTransport::new(
+    let runner = Lossy::new(Loss::ExecResults);
+    let transport = Arc::new(PosixTransport::new(
         runner.clone(),
         dir.path().to_path_buf(),
         Duration::from_secs(10),
     ));
     let worker = start_on(transport, &recorder, config());
     posts_one_at_a_time_are_each_forwarded_once(dir.path(), &recorder, "l").await;
-    assert!(runner.calls.load(Ordering::SeqCst) >= 24);
-    let _ = runner.capabilities();
+    assert!(runner.seen.load(Ordering::SeqCst) >= 24);
     worker.stop().await;
-}
-
-/// Streams that break off after every third reply: the session did the work, but its reply
-/// is lost and the stream ends, as a provider's streaming exec that drops would.
-#[derive(Debug)]
-struct BreakingStreams {
-    replies: Arc<AtomicU64>,
-}
-
-impl bridge_host::runner::Runner for BreakingStreams {
-    fn exec(
-        &self,
-        exec: bridge_host::runner::Exec,
-    ) -> BoxFuture<'_, Result<bridge_host::runner::ExecOutput, bridge_host::runner::RunnerError>>
-    {
-        bridge_host::runner::LocalRunner.exec(exec)
-    }
-
-    fn stream(
-        &self,
-        spawn: bridge_host::runner::Spawn,
-    ) -> BoxFuture<'_, Result<bridge_host::runner::ExecStream, bridge_host::runner::RunnerError>>
-    {
-        Box::pin(async move {
-            use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
-            let mut stream = bridge_host::runner::LocalRunner.stream(spawn).await?;
-            let (mut relay, ours) = tokio::io::duplex(1 << 20);
-            let theirs = std::mem::replace(&mut stream.stdout, Box::pin(ours));
-            let replies = self.replies.clone();
-            tokio::spawn(async move {
-                let mut lines = tokio::io::BufReader::new(theirs).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let hello = line.starts_with(r#"{"session""#);
-                    if !hello && replies.fetch_add(1, Ordering::SeqCst) % 3 == 2 {
-                        return; // the reply is lost and the stream ends
-                    }
-                    if relay
-                        .write_all(format!("{line}\n").as_bytes())
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-            Ok(stream)
-        })
-    }
-
-    fn capabilities(&self) -> bridge_host::runner::Capabilities {
-        bridge_host::runner::Capabilities {
-            streaming: true,
-            shared_fs: false,
-        }
-    }
 }
 
 #[tokio::test]
 async fn streams_that_break_off_lose_no_request() {
     let recorder = Recorder::start().await;
     let dir = queue_dir();
-    let replies = Arc::new(AtomicU64::new(0));
-    let runner = Arc::new(BreakingStreams {
-        replies: replies.clone(),
-    });
-    let transport = Arc::new(bridge_host::transport::StreamTransport::new(
-        runner,
+    let runner = Lossy::new(Loss::StreamReplies);
+    let transport = Arc::new(StreamTransport::new(
+        runner.clone(),
         dir.path().to_path_buf(),
         gateway_bin(),
         Duration::from_secs(10),
     ));
     let worker = start_on(transport, &recorder, config());
     posts_one_at_a_time_are_each_forwarded_once(dir.path(), &recorder, "s").await;
-    assert!(replies.load(Ordering::SeqCst) >= 24);
+    assert!(runner.seen.load(Ordering::SeqCst) >= 24);
     assert!(worker.exec_count() >= 8, "a new session after each break");
     worker.stop().await;
 }

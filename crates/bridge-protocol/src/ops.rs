@@ -184,18 +184,42 @@ pub fn parse_command(line: &[u8]) -> (u64, Result<Command, String>) {
     }
 }
 
-/// The wire form of [`Taken`].
+/// The wire form of [`Taken`]. The file fields are read leniently: an item with a valid
+/// id whose file fields make no sense is [`TakeProblem::Unreadable`], so its caller is
+/// answered at once instead of waiting out its time-out.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct TakenWire {
     id: String,
     claimed: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
     file: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
     too_large: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
     unreadable: Option<bool>,
+}
+
+/// Any JSON value: `Some` if it is a `T`, else `None` (never an error).
+fn lenient<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let value = serde_json::Value::deserialize(deserializer)?;
+    Ok(T::deserialize(value).ok())
 }
 
 impl From<Taken> for TakenWire {
@@ -237,12 +261,13 @@ impl TryFrom<TakenWire> for Taken {
     }
 }
 
-/// Taken items, dropping those whose id is invalid (the rest of the batch still counts).
+/// Taken items, dropping those without a valid id or claim flag (the rest of the batch
+/// still counts).
 fn valid_taken<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Taken>, D::Error> {
-    let items = Vec::<TakenWire>::deserialize(deserializer)?;
+    let items = Vec::<serde_json::Value>::deserialize(deserializer)?;
     Ok(items
         .into_iter()
-        .filter_map(|item| Taken::try_from(item).ok())
+        .filter_map(|item| Taken::deserialize(item).ok())
         .collect())
 }
 
@@ -260,6 +285,8 @@ struct PutResultWire {
 enum PutOutcome {
     Delivered,
     Gone,
+    /// `failed`, or anything else: not delivered.
+    #[serde(other)]
     Failed,
 }
 

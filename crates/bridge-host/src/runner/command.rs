@@ -4,7 +4,9 @@
 use tokio::process::Command;
 
 use super::exec::{self, sh_command, with_cwd};
-use super::{BoxFuture, Capabilities, Exec, ExecOutput, ExecStream, Runner, RunnerError, Spawn};
+use super::{
+    BoxFuture, Capabilities, Exec, ExecOutput, ExecStream, Process, Runner, RunnerError, Spawn,
+};
 
 /// Runs scripts with this machine's `sh`: no isolation at all (development and tests).
 #[derive(Debug, Clone, Default)]
@@ -21,6 +23,13 @@ impl Runner for LocalRunner {
     fn stream(&self, spawn: Spawn) -> BoxFuture<'_, Result<ExecStream, RunnerError>> {
         Box::pin(async move {
             exec::open_stream(local_sh(&spawn.script, spawn.cwd.as_deref(), spawn.env))
+        })
+    }
+
+    fn spawn(&self, spawn: Spawn) -> BoxFuture<'_, Result<Box<dyn Process>, RunnerError>> {
+        Box::pin(async move {
+            let command = local_sh(&spawn.script, spawn.cwd.as_deref(), spawn.env);
+            exec::spawn_inherited(command, None)
         })
     }
 
@@ -109,6 +118,18 @@ impl Runner for CommandRunner {
             // The environment block goes first; the stream's own bytes follow it.
             stream.stdin.write_all(&block).await?;
             Ok(stream)
+        })
+    }
+
+    fn spawn(&self, spawn: Spawn) -> BoxFuture<'_, Result<Box<dyn Process>, RunnerError>> {
+        Box::pin(async move {
+            // The environment travels in stdin: the block, then the agent's stdin ends.
+            let script = format!(
+                "{ENV_PRELUDE}{}",
+                with_cwd(&spawn.script, spawn.cwd.as_deref())
+            );
+            let block = env_block(&spawn.env)?;
+            exec::spawn_inherited(self.command(script), Some(block))
         })
     }
 

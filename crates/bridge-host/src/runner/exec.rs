@@ -145,6 +145,32 @@ pub(crate) fn open_stream(mut command: Command) -> Result<ExecStream, RunnerErro
     })
 }
 
+/// Starts `command` as an agent: an empty stdin (or, with `stdin`, these bytes and then its
+/// end), and this process's own stdout and stderr, so the agent's output is live and a
+/// terminal stays a terminal.
+pub(crate) fn spawn_inherited(
+    mut command: Command,
+    stdin: Option<Vec<u8>>,
+) -> Result<Box<dyn Process>, RunnerError> {
+    command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let mut child = spawn(&mut command)?;
+    if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        tokio::spawn(async move {
+            // The block is small; a script that does not read it closes the pipe: fine.
+            let _ = pipe.write_all(&bytes).await;
+        });
+    }
+    Ok(Box::new(LocalProcess(child)))
+}
+
 /// A process on this machine (the local `sh`, an exec prefix's client, `nsenter`); killed
 /// when dropped.
 #[derive(Debug)]

@@ -15,7 +15,9 @@ use tokio::io::AsyncBufReadExt as _;
 use tokio::process::{Child, Command};
 
 use super::exec::{self, base_env, sh_command, with_cwd};
-use super::{BoxFuture, Capabilities, Exec, ExecOutput, ExecStream, Runner, RunnerError, Spawn};
+use super::{
+    BoxFuture, Capabilities, Exec, ExecOutput, ExecStream, Process, Runner, RunnerError, Spawn,
+};
 
 /// How long the holder may take to set up its namespaces.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -182,6 +184,15 @@ impl Runner for NetnsSandbox {
             let mut command = self.nsenter(with_cwd(&spawn.script, spawn.cwd.as_deref()));
             command.envs(spawn.env);
             exec::open_stream(command)
+        })
+    }
+
+    fn spawn(&self, spawn: Spawn) -> BoxFuture<'_, Result<Box<dyn Process>, RunnerError>> {
+        Box::pin(async move {
+            self.check_alive()?;
+            let mut command = self.nsenter(with_cwd(&spawn.script, spawn.cwd.as_deref()));
+            command.envs(spawn.env);
+            exec::spawn_inherited(command, None)
         })
     }
 

@@ -23,11 +23,23 @@ pub(super) fn forward_output(stream: ExecStream) -> Box<dyn Process> {
     let copies = tokio::spawn(async move {
         let _ = stdin.shutdown().await;
         drop(stdin);
-        let out = async { tokio::io::copy(&mut stdout, &mut tokio::io::stdout()).await };
-        let err = async { tokio::io::copy(&mut stderr, &mut tokio::io::stderr()).await };
-        let _ = tokio::join!(out, err);
+        let out = forward(&mut stdout, tokio::io::stdout());
+        let err = forward(&mut stderr, tokio::io::stderr());
+        tokio::join!(out, err);
     });
     Box::new(Forwarded { process, copies })
+}
+
+/// Copies `from` to `to`; if `to` fails (our stdout was closed), drains the rest, so the
+/// agent never blocks on a full pipe nobody reads.
+async fn forward<R, W>(from: &mut R, mut to: W)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    if tokio::io::copy(from, &mut to).await.is_err() {
+        let _ = tokio::io::copy(from, &mut tokio::io::sink()).await;
+    }
 }
 
 /// The stream's process, plus the task copying its output.

@@ -7,6 +7,7 @@ use bridge_protocol::policy::route_denied_message;
 use bridge_protocol::wire::{self, Headers, RequestFile, WireError};
 use bridge_protocol::{canonicalize_path, CanonicalPath};
 
+use super::Decision;
 use crate::policy::HostPolicy;
 
 /// A request that may be forwarded.
@@ -25,8 +26,8 @@ pub struct Checked {
 pub struct Refusal {
     pub status: u16,
     pub message: String,
-    /// `invalid` (malformed) or `denied` (policy).
-    pub decision: &'static str,
+    /// [`Decision::Invalid`] (malformed) or [`Decision::Denied`] (policy).
+    pub decision: Decision,
     /// What the audit log and traces show as the request (method and path as given).
     pub method: String,
     pub path: String,
@@ -58,7 +59,7 @@ pub fn check(id: &str, bytes: &[u8], policy: &HostPolicy) -> Result<Checked, Box
     if !policy.routes.allows(method, &path) {
         let message = route_denied_message(method, path.as_str());
         return Err(Box::new(Refusal {
-            decision: "denied",
+            decision: Decision::Denied,
             ..*refuse(403, &message, method, raw_path)
         }));
     }
@@ -92,7 +93,7 @@ fn refuse(status: u16, message: &str, method: &str, path: &str) -> Box<Refusal> 
     Box::new(Refusal {
         status,
         message: message.to_owned(),
-        decision: "invalid",
+        decision: Decision::Invalid,
         method: method.to_owned(),
         path: path.to_owned(),
     })
@@ -150,7 +151,7 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(refusal.message, "Route not allowed: GET /api/companies");
-        assert_eq!(refusal.decision, "denied");
+        assert_eq!(refusal.decision, Decision::Denied);
     }
 
     #[test]

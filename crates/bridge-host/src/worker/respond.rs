@@ -10,13 +10,13 @@ use bridge_protocol::{error_body, indeterminate_body, OUTCOME_HEADER, OUTCOME_IN
 use tracing::Instrument as _;
 
 use super::check::check;
-use super::{Pending, Shared};
+use super::{Decision, Pending, Shared};
 use crate::audit::AuditRecord;
 use crate::proxy::{Forward, Forwarded};
-use crate::transport::{Incoming, Outgoing, TakeProblem};
+use crate::transport::{PutItem, TakeProblem, Taken};
 
 /// The answer to one request (never fails: every problem becomes an HTTP answer).
-pub(super) async fn answer(shared: &Shared, incoming: Incoming) -> Pending {
+pub(super) async fn answer(shared: &Shared, incoming: Taken) -> Pending {
     let span = tracing::info_span!("request", id = %incoming.id);
     async {
         let started = Instant::now();
@@ -25,7 +25,7 @@ pub(super) async fn answer(shared: &Shared, incoming: Incoming) -> Pending {
         tracing::info!(
             method = %outcome.method,
             path = %outcome.path,
-            decision = outcome.decision,
+            decision = outcome.decision.as_str(),
             status = outcome.file.status,
             upstream_status = outcome.upstream_status,
             latency_ms,
@@ -39,10 +39,10 @@ pub(super) async fn answer(shared: &Shared, incoming: Incoming) -> Pending {
 }
 
 /// The answer for a request still queued when the worker stops.
-pub(super) fn stopping(shared: &Shared, incoming: &Incoming) -> Pending {
+pub(super) fn stopping(shared: &Shared, incoming: &Taken) -> Pending {
     let outcome = match claimed_unsafe(shared, incoming) {
         Some(outcome) => outcome,
-        None => Outcome::error(503, "the bridge is stopping", "stopping", "-", "-"),
+        None => Outcome::error(503, "the bridge is stopping", Decision::Stopping, "-", "-"),
     };
     audit(shared, &incoming.id, &outcome, 0.0);
     pending(&incoming.id, &outcome.file)
@@ -52,13 +52,13 @@ pub(super) fn stopping(shared: &Shared, incoming: &Incoming) -> Pending {
 struct Outcome {
     method: String,
     path: String,
-    decision: &'static str,
+    decision: Decision,
     upstream_status: Option<u16>,
     file: ResponseFile,
 }
 
 impl Outcome {
-    fn error(status: u16, message: &str, decision: &'static str, method: &str, path: &str) -> Self {
+    fn error(status: u16, message: &str, decision: Decision, method: &str, path: &str) -> Self {
         Self {
             method: method.to_owned(),
             path: path.to_owned(),
@@ -74,24 +74,30 @@ impl Outcome {
         Self {
             method: method.to_owned(),
             path: path.to_owned(),
-            decision: "indeterminate",
+            decision: Decision::Indeterminate,
             upstream_status: None,
             file: response(504, headers, &indeterminate_body(message)),
         }
     }
 }
 
-async fn decide(shared: &Shared, incoming: &Incoming) -> Outcome {
+async fn decide(shared: &Shared, incoming: &Taken) -> Outcome {
     let bytes = match &incoming.file {
         Ok(bytes) => bytes,
         Err(TakeProblem::TooLarge { size }) => {
             shared.stats.refused.fetch_add(1, Ordering::Relaxed);
             let message = format!("request file is {size} bytes, over the limit");
-            return Outcome::error(413, &message, "invalid", "-", "-");
+            return Outcome::error(413, &message, Decision::Invalid, "-", "-");
         }
         Err(TakeProblem::Unreadable) => {
             shared.stats.refused.fetch_add(1, Ordering::Relaxed);
-            return Outcome::error(400, "request file could not be read", "invalid", "-", "-");
+            return Outcome::error(
+                400,
+                "request file could not be read",
+                Decision::Invalid,
+                "-",
+                "-",
+            );
         }
     };
     if let Some(outcome) = claimed_unsafe(shared, incoming) {
@@ -129,7 +135,7 @@ async fn decide(shared: &Shared, incoming: &Incoming) -> Outcome {
         } => Outcome {
             method,
             path,
-            decision: "forwarded",
+            decision: Decision::Forwarded,
             upstream_status: Some(status),
             file: response(status, headers, &body),
         },
@@ -138,7 +144,7 @@ async fn decide(shared: &Shared, incoming: &Incoming) -> Outcome {
             Outcome::error(
                 502,
                 &format!("upstream unreachable: {why}"),
-                "failed",
+                Decision::Failed,
                 &method,
                 &path,
             )
@@ -148,7 +154,7 @@ async fn decide(shared: &Shared, incoming: &Incoming) -> Outcome {
             Outcome::error(
                 504,
                 &format!("upstream failed: {why}"),
-                "failed",
+                Decision::Failed,
                 &method,
                 &path,
             )
@@ -166,7 +172,7 @@ async fn decide(shared: &Shared, incoming: &Incoming) -> Outcome {
 
 /// A request claimed before this worker saw it may already have been forwarded: an
 /// unsafe one is never sent again.
-fn claimed_unsafe(shared: &Shared, incoming: &Incoming) -> Option<Outcome> {
+fn claimed_unsafe(shared: &Shared, incoming: &Taken) -> Option<Outcome> {
     if !incoming.previously_claimed {
         return None;
     }
@@ -202,7 +208,7 @@ fn pending(id: &str, file: &ResponseFile) -> Pending {
     let mut file = file.clone();
     file.id = id.to_owned();
     Pending {
-        outgoing: Outgoing {
+        outgoing: PutItem {
             id: id.to_owned(),
             file: wire::to_line(&file),
         },

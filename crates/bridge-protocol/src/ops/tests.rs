@@ -151,6 +151,18 @@ fn hostile_taken_items_are_dropped_or_marked() {
         from_line::<Taken>(br#"{"id":"a","file":""}"#).is_err(),
         "claimed is required"
     );
+    // Nonsense in the file fields of an item with a valid id: unreadable, not dropped.
+    let line = br#"{"seq":2,"taken":[{"id":"a","claimed":false,"tooLarge":"big"},{"id":"b","claimed":true,"unreadable":7,"file":1}]}"#;
+    let parsed: ReplyLine = from_line(line).unwrap();
+    let Reply::Taken(items) = parsed.reply else {
+        panic!("{parsed:?}")
+    };
+    assert_eq!(items.len(), 2);
+    assert!(items.iter().all(|t| t.file == Err(TakeProblem::Unreadable)));
+    // Without a claim flag the item is not ours to act on: dropped, the rest kept.
+    let line = br#"{"seq":3,"taken":[{"id":"a"},{"id":"b","claimed":false,"file":""}]}"#;
+    let parsed: ReplyLine = from_line(line).unwrap();
+    assert!(matches!(parsed.reply, Reply::Taken(ref t) if t.len() == 1 && t[0].id == "b"));
     // Non-canonical base64 is not the bytes the sandbox claims to have read.
     let sloppy: Taken = from_line(br#"{"id":"a","claimed":false,"file":"AP9="}"#).unwrap();
     assert_eq!(sloppy.file, Err(TakeProblem::Unreadable));
@@ -162,13 +174,15 @@ fn malformed_lines_are_errors_not_panics() {
         &b"garbage"[..],
         br#"{"seq":1}"#,
         br#"{"seq":1,"taken":"x"}"#,
-        br#"{"seq":1,"put":[{"id":"a","result":"maybe"}]}"#,
         br#"{"seq":-1,"error":"x"}"#,
     ] {
         assert!(from_line::<ReplyLine>(line).is_err(), "{line:?}");
     }
     let failed: PutResult = from_line(br#"{"id":"a","result":"failed"}"#).unwrap();
     assert_eq!(failed.result, Err("failed".into()));
+    // An outcome this host does not know is not a delivery.
+    let odd: PutResult = from_line(br#"{"id":"a","result":"maybe"}"#).unwrap();
+    assert_eq!(odd.result, Err("failed".into()));
 }
 
 #[test]

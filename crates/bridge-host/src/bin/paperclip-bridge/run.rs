@@ -197,7 +197,10 @@ async fn run_agent(
 
 /// TERM, then KILL after a grace.
 async fn terminate(agent: &mut dyn Process) -> Result<ExitStatus> {
-    agent.signal(Signal::Terminate)?;
+    // If TERM cannot be sent, the grace runs out and KILL follows: never skip the bound.
+    if let Err(e) = agent.signal(Signal::Terminate) {
+        tracing::warn!(error = %e, "could not send TERM to the agent");
+    }
     match tokio::time::timeout(AGENT_GRACE, agent.wait()).await {
         Ok(status) => Ok(status?),
         Err(_) => {
