@@ -17,14 +17,21 @@ pub struct AuditLog {
 /// One decision.
 #[derive(Debug, Serialize)]
 pub struct AuditRecord<'a> {
+    /// When the answer was written (ISO 8601, UTC).
     pub time: String,
+    /// The request's id (its queue file's name).
     pub id: &'a str,
+    /// The method as the request file gave it (`-` if unreadable).
     pub method: &'a str,
+    /// The path as the request file gave it (`-` if unreadable).
     pub path: &'a str,
     /// What was decided, written lower-case (`forwarded`, `denied`, ...).
     pub decision: Decision,
+    /// The status the agent's answer carries.
     pub status: u16,
+    /// The upstream's status, when the request was forwarded and answered.
     pub upstream_status: Option<u16>,
+    /// From taking the request to writing its answer.
     pub latency_ms: f64,
 }
 

@@ -6,6 +6,8 @@
 //!   the real credential ([`proxy`]) and writes the answer back.
 //! - [`deploy`]: uploads and starts the gateway in a sandbox and runs the worker for it.
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod audit;
 pub mod deploy;
 pub mod policy;

@@ -66,11 +66,13 @@ pub struct WorkerConfig {
     pub max_batch_bytes: usize,
     /// First backoff after a failed exec; doubles up to `retry_cap`.
     pub retry_start: Duration,
+    /// Longest backoff between retries.
     pub retry_cap: Duration,
     /// At stop, how long in-flight requests may still finish.
     pub drain_timeout: Duration,
     /// How long a caller may still be waiting; older answers are given up.
     pub response_timeout: Duration,
+    /// Where every decision is appended as a JSON line, if anywhere.
     pub audit: Option<AuditLog>,
 }
 
@@ -92,11 +94,17 @@ impl Default for WorkerConfig {
 /// Counters, for tests, benchmarks and logs.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Requests taken from the queue.
     pub taken: AtomicU64,
+    /// Requests sent upstream.
     pub forwarded: AtomicU64,
+    /// Requests answered without forwarding (denied, invalid, stopping).
     pub refused: AtomicU64,
+    /// Answers written while their caller waited.
     pub delivered: AtomicU64,
+    /// Answers whose caller had gone.
     pub caller_gone: AtomicU64,
+    /// Failed takes and delivers (each retried with backoff).
     pub transport_errors: AtomicU64,
 }
 
@@ -154,6 +162,7 @@ impl Worker {
 }
 
 impl WorkerHandle {
+    /// The worker's counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
     }

@@ -10,18 +10,18 @@ use bridge_protocol::codec::{encode_base64, BodyEncoding};
 use futures_util::StreamExt as _;
 
 /// How long a client may take to send its body.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a body was refused.
 #[derive(Debug, PartialEq, Eq)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     TooLarge,
     Unsupported(String),
     Broken(String),
 }
 
 /// Reads the whole body, refusing it as soon as it passes `limit` bytes.
-pub async fn read_limited(
+pub(crate) async fn read_limited(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
@@ -51,7 +51,7 @@ pub async fn read_limited(
 }
 
 /// Encodes a body for the request file, or says why its type is refused.
-pub fn encode(
+pub(crate) fn encode(
     method: &Method,
     path: &str,
     headers: &HeaderMap,

@@ -50,10 +50,12 @@ impl AppState {
         })
     }
 
+    /// The gateway's settings.
     pub fn config(&self) -> &GatewayConfig {
         &self.inner.config
     }
 
+    /// The queue the gateway spools to.
     pub fn queue(&self) -> &Queue {
         &self.inner.queue
     }

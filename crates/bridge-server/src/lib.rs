@@ -5,6 +5,8 @@
 //! per-connection limits and a graceful, bounded shutdown; [`start`] does what the binary
 //! does: open the queue, bind, write `ready.json`.
 
+#![warn(missing_docs, unreachable_pub)]
+
 mod body;
 pub mod cli;
 mod handler;
@@ -37,6 +39,20 @@ pub enum StartError {
     /// `ready.json` could not be written.
     #[error("cannot write ready.json: {0}")]
     Ready(#[source] std::io::Error),
+}
+
+/// Logs to stderr, at `info` unless `RUST_LOG` says otherwise, coloured only on a terminal:
+/// the one tracing set-up of both binaries (the gateway's stderr is its log file; the
+/// host CLI keeps stdout for `up`'s JSON line and the agent).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }
 
 /// Opens the queue, binds, and writes `ready.json`. Serve the result with [`run`].

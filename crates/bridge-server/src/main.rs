@@ -19,7 +19,8 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    init_tracing();
+    // Logs go to stderr (the deployer appends them to `logs/bridge.log`).
+    bridge_server::init_tracing();
     let config = match GatewayConfig::from_lookup(|name| std::env::var(name).ok()) {
         Ok(config) => config,
         Err(e) => {
@@ -76,15 +77,4 @@ fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
             _ = int.recv() => tracing::info!("SIGINT"),
         }
     })
-}
-
-/// Logs go to stderr (the deployer appends them to `logs/bridge.log`).
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
 }

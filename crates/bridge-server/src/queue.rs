@@ -34,6 +34,7 @@ impl Queue {
         Ok(Self { layout })
     }
 
+    /// The queue's paths.
     pub fn layout(&self) -> &QueueLayout {
         &self.layout
     }

@@ -8,7 +8,7 @@ use bridge_protocol::wire::{self, ReadyFile};
 use crate::queue::Queue;
 
 /// Writes `ready.json` atomically (only call it once the socket listens).
-pub fn write(queue: &Queue, addr: SocketAddr) -> std::io::Result<ReadyFile> {
+pub(crate) fn write(queue: &Queue, addr: SocketAddr) -> std::io::Result<ReadyFile> {
     let host = addr.ip().to_string();
     let ready = ReadyFile {
         pid: std::process::id(),

@@ -22,12 +22,12 @@ const NEVER_COPIED: &[&str] = &[
 ];
 
 /// `{"error": message}` with `status`.
-pub fn error(status: StatusCode, message: &str) -> Response {
+pub(crate) fn error(status: StatusCode, message: &str) -> Response {
     json(status, bridge_protocol::error_body(message))
 }
 
 /// 409 + `x-paperclip-bridge-outcome: indeterminate`: the request may have been applied.
-pub fn indeterminate(message: &str) -> Response {
+pub(crate) fn indeterminate(message: &str) -> Response {
     let mut response = json(
         StatusCode::CONFLICT,
         bridge_protocol::indeterminate_body(message),
@@ -44,7 +44,7 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response {
 }
 
 /// The agent's answer from a response file, or 502 when the file is malformed.
-pub fn from_response_file(bytes: &[u8], id: &str, max_body_bytes: usize) -> Response {
+pub(crate) fn from_response_file(bytes: &[u8], id: &str, max_body_bytes: usize) -> Response {
     let file: ResponseFile = match wire::parse(bytes, codec::envelope_limit(max_body_bytes)) {
         Ok(file) => file,
         Err(e) => return bad_gateway(&format!("malformed response file: {e}")),

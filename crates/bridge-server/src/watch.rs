@@ -24,14 +24,14 @@ const REMEMBER_FINISHED: Duration = Duration::from_secs(600);
 
 /// The callers waiting for responses, by request id, and the ids recently finished.
 #[derive(Debug, Clone, Default)]
-pub struct Waiters {
+pub(crate) struct Waiters {
     map: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
     finished: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 /// A registered wait; unregisters on drop.
 #[derive(Debug)]
-pub struct Waiter {
+pub(crate) struct Waiter {
     id: String,
     notify: Arc<Notify>,
     waiters: Waiters,
@@ -39,7 +39,7 @@ pub struct Waiter {
 
 impl Waiters {
     /// Registers `id` (before its request is published, so no answer can be missed).
-    pub fn register(&self, id: &str) -> Waiter {
+    pub(crate) fn register(&self, id: &str) -> Waiter {
         let notify = Arc::new(Notify::new());
         if let Ok(mut map) = self.map.lock() {
             map.insert(id.to_owned(), notify.clone());
@@ -52,7 +52,7 @@ impl Waiters {
     }
 
     /// Wakes the waiter of `id`; returns false when nobody waits for it.
-    pub fn wake(&self, id: &str) -> bool {
+    pub(crate) fn wake(&self, id: &str) -> bool {
         let notify = self.map.lock().ok().and_then(|map| map.get(id).cloned());
         match notify {
             Some(n) => {
@@ -64,7 +64,7 @@ impl Waiters {
     }
 
     /// Whether `id` is one of ours whose caller is no longer waiting.
-    pub fn recently_finished(&self, id: &str) -> bool {
+    pub(crate) fn recently_finished(&self, id: &str) -> bool {
         self.finished
             .lock()
             .is_ok_and(|finished| finished.contains_key(id))
@@ -83,14 +83,14 @@ impl Waiters {
 
     /// How many callers wait now.
     #[allow(clippy::len_without_is_empty)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.map.lock().map(|m| m.len()).unwrap_or(0)
     }
 }
 
 impl Waiter {
     /// Resolves when a response for this id may be there (it may also be spurious).
-    pub async fn notified(&self) {
+    pub(crate) async fn notified(&self) {
         self.notify.notified().await
     }
 }
@@ -102,7 +102,7 @@ impl Drop for Waiter {
 }
 
 /// Starts the watcher task; returns whether inotify is in use.
-pub fn spawn(queue: Queue, waiters: Waiters, poll_interval: Duration) -> bool {
+pub(crate) fn spawn(queue: Queue, waiters: Waiters, poll_interval: Duration) -> bool {
     let inotify = watch_responses(&queue);
     let using_inotify = inotify.is_some();
     let scan_every = if using_inotify {

@@ -13,23 +13,30 @@ use crate::policy::HostPolicy;
 /// A request that may be forwarded.
 #[derive(Debug)]
 pub struct Checked {
+    /// The method, upper-case and allowed.
     pub method: String,
+    /// The canonical path, allowed by the route allowlist.
     pub path: CanonicalPath,
+    /// The validated query string (with its `?`), or empty.
     pub query: String,
     /// Only allowlisted headers.
     pub headers: Headers,
+    /// The decoded body.
     pub body: Vec<u8>,
 }
 
 /// Why a request is answered without forwarding it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Refusal {
+    /// The status the agent gets (400, 403, 413, ...).
     pub status: u16,
+    /// Why, in the answer's JSON error body.
     pub message: String,
     /// [`Decision::Invalid`] (malformed) or [`Decision::Denied`] (policy).
     pub decision: Decision,
     /// What the audit log and traces show as the request (method and path as given).
     pub method: String,
+    /// The path as given, likewise.
     pub path: String,
 }
 

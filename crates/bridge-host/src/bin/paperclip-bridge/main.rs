@@ -54,7 +54,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // Logs go to stderr: stdout belongs to `up`'s JSON line and the agent.
+    bridge_server::init_tracing();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -92,17 +93,4 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             unreachable!("handled above")
         }
     }
-}
-
-/// Logs go to stderr (stdout belongs to `up`'s JSON line and the agent); `RUST_LOG`
-/// overrides the default level.
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }
