@@ -27,7 +27,7 @@ pub fn main(args: &[String]) -> Result<()> {
         [what] if what == "gateway" => gateway(),
         [what, extra @ ..] if what == "bridge" => bridge(extra),
         _ => bail!(
-            "usage: cargo xtask bench gateway | bridge [--scale] [--transport stream|helper|posix|shared-fs]"
+            "usage: cargo xtask bench gateway | bridge [--scale] [--transport stream|oneshot|posix|shared-fs]"
         ),
     }
 }
@@ -42,11 +42,11 @@ fn bridge(extra: &[String]) -> Result<()> {
         "--profile",
         "fast",
         "-p",
-        "bridge-host",
+        "bridge-bench",
         "--bin",
-        "paperclip-bridge",
+        "paperclip-bridge-bench",
     ]))?;
-    let cli = crate::target_dir().join("fast/paperclip-bridge");
+    let cli = crate::target_dir().join("fast/paperclip-bridge-bench");
     let out = Command::new(cli)
         .arg("bench")
         .args(extra)
@@ -55,11 +55,11 @@ fn bridge(extra: &[String]) -> Result<()> {
         .env("RUST_LOG", "warn")
         .stderr(std::process::Stdio::inherit())
         .output()
-        .context("running paperclip-bridge bench")?;
+        .context("running paperclip-bridge-bench bench")?;
     let report = String::from_utf8_lossy(&out.stdout);
     print!("{report}");
     if !out.status.success() {
-        bail!("paperclip-bridge bench failed: {}", out.status);
+        bail!("paperclip-bridge-bench bench failed: {}", out.status);
     }
     // A partial matrix (--transport) is for exploring; only whole runs are recorded.
     match extra {

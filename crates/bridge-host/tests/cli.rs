@@ -230,3 +230,27 @@ async fn sigterm_stops_the_agent_and_tears_down_within_a_bound() {
         String::from_utf8_lossy(&leftover.stdout)
     );
 }
+
+#[tokio::test]
+async fn the_shipped_cli_carries_no_benchmark() {
+    for command in ["bench", "load"] {
+        let mut cli = cli("http://127.0.0.1:9");
+        cli.arg(command);
+        let out = output(cli).await;
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("unrecognized subcommand"),
+            "{}",
+            text(&out)
+        );
+    }
+    let mut help = cli("http://127.0.0.1:9");
+    help.arg("--help");
+    let out = output(help).await;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("delay-exec"), "{listed}");
+    assert!(
+        !listed.contains("bench") && !listed.contains("load "),
+        "{listed}"
+    );
+}

@@ -3,11 +3,8 @@
 
 mod agent_env;
 mod args;
-mod bench;
-mod bench_scale;
 mod delay_exec;
 mod demo;
-mod load;
 mod run;
 mod sandbox;
 mod signals;
@@ -38,18 +35,12 @@ enum Command {
     /// Everything local: a sandbox, the bridge, a demo upstream and a scripted agent.
     Demo(demo::DemoArgs),
     /// Run a command as if over a remote exec: add a round-trip delay to its start and to
-    /// its stdin and output (an exec prefix for benchmarks: `--exec 'paperclip-bridge
-    /// delay-exec --delay-ms 25 -- PREFIX...'`).
+    /// its stdin and output. An exec prefix for measuring how the bridge behaves over your
+    /// provider's latency: `--exec 'paperclip-bridge delay-exec --delay-ms 25 -- PREFIX...'`.
     DelayExec(delay_exec::DelayExecArgs),
     /// The demo's scripted agent (runs inside the sandbox).
     #[command(hide = true)]
     DemoAgent(demo::DemoAgentArgs),
-    /// The benchmark (run it with `cargo xtask bench bridge`).
-    #[command(hide = true)]
-    Bench(bench::BenchArgs),
-    /// The benchmark's load generator (runs inside the sandbox).
-    #[command(hide = true)]
-    Load(load::LoadArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,8 +69,6 @@ fn main() -> ExitCode {
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::DemoAgent(args) => return demo::agent(args).await,
-        Command::Load(args) => return load::load(args).await,
-        Command::Bench(args) => return bench::bench(args).await,
         Command::DelayExec(args) => return delay_exec::delay_exec(args).await,
         _ => {}
     }
@@ -89,7 +78,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Up(args) => run::up(*args, shutdown).await,
         Command::Worker(args) => worker_cmd::worker(*args, shutdown).await,
         Command::Demo(args) => demo::demo(args, shutdown).await,
-        Command::DemoAgent(_) | Command::Load(_) | Command::Bench(_) | Command::DelayExec(_) => {
+        Command::DemoAgent(_) | Command::DelayExec(_) => {
             unreachable!("handled above")
         }
     }

@@ -1,4 +1,4 @@
-//! `paperclip-bridge load` (hidden): the benchmark's load generator. It runs inside the
+//! `paperclip-bridge-bench load`: the benchmark's load generator. It runs inside the
 //! sandbox, like an agent, and prints what it measured as one JSON line.
 
 use std::process::ExitCode;

@@ -1,5 +1,5 @@
-//! `paperclip-bridge bench --scale`: how cost grows with the number of sandboxes one host
-//! process serves. N namespace sandboxes, each with its bridge (helper transport), all in
+//! `paperclip-bridge-bench bench --scale`: how cost grows with the number of sandboxes one host
+//! process serves. N namespace sandboxes, each with its bridge (stream transport), all in
 //! this process; every sandbox runs 2 callers for the load time at once.
 
 use std::path::PathBuf;
@@ -32,7 +32,7 @@ pub async fn scale(args: &BenchArgs) -> Result<Vec<Value>> {
 }
 
 async fn run(args: &BenchArgs, n: usize) -> Result<Value> {
-    let upstream = crate::demo::upstream::DemoUpstream::start("scale-key".into()).await?;
+    let upstream = crate::upstream::DemoUpstream::start("scale-key".into()).await?;
     let root = std::env::temp_dir().join(format!("pcb-scale-{}", std::process::id()));
     let rss_before = host_rss();
     let started = Instant::now();

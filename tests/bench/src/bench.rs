@@ -1,6 +1,6 @@
-//! `paperclip-bridge bench` (hidden; run it with `cargo xtask bench bridge`): the bridge end
+//! `paperclip-bridge-bench bench` (run it with `cargo xtask bench bridge`): the bridge end
 //! to end per transport, with an injected exec latency `d` and upstream latency `u`. The
-//! load runs inside the sandbox (`paperclip-bridge load`); every answer must be a 200.
+//! load runs inside the sandbox (`paperclip-bridge-bench load`); every answer must be a 200.
 //! Prints a Markdown table, then the same figures as one JSON line.
 
 use std::path::PathBuf;
@@ -30,7 +30,7 @@ pub struct BenchArgs {
     /// Measure how cost grows with 1, 10 and 100 bridges instead of the matrix.
     #[arg(long)]
     pub scale: bool,
-    /// Only this transport's cells (stream, helper, posix or shared-fs).
+    /// Only this transport's cells (stream, oneshot, posix or shared-fs).
     #[arg(long, value_name = "NAME")]
     pub transport: Option<String>,
 }
@@ -44,7 +44,7 @@ struct Cell {
 
 /// The exec-based transports, measured at every `d` and `u`; shared-fs needs no exec, so
 /// only at `d` = 0.
-const EXEC_TRANSPORTS: &[&str] = &["stream", "helper", "posix"];
+const EXEC_TRANSPORTS: &[&str] = &["stream", "oneshot", "posix"];
 
 fn matrix(only: Option<&str>) -> Vec<Cell> {
     let mut cells = Vec::new();
@@ -90,7 +90,7 @@ pub async fn bench(args: BenchArgs) -> Result<ExitCode> {
 }
 
 async fn run_cell(args: &BenchArgs, cell: &Cell) -> Result<Value> {
-    let upstream = crate::demo::upstream::DemoUpstream::start_with_latency(
+    let upstream = crate::upstream::DemoUpstream::start_with_latency(
         "bench-key".into(),
         Duration::from_millis(cell.u),
     )
@@ -123,7 +123,7 @@ async fn run_cell(args: &BenchArgs, cell: &Cell) -> Result<Value> {
     let mut config = BridgeConfig::new(args.gateway_bin.clone(), dir.clone(), client);
     config.transport = match cell.transport {
         "stream" => TransportKind::Stream,
-        "oneshot" | "helper" => TransportKind::OneShot,
+        "oneshot" => TransportKind::OneShot,
         "posix" => TransportKind::Posix,
         _ => TransportKind::SharedFs,
     };
