@@ -124,6 +124,18 @@ impl Execs {
         Exec::new(script, wait + self.timeout)
     }
 
+    /// A take script, bounded by its wait plus the exec timeout, with the options both
+    /// take scripts read: `MAX_BATCH`, `ENVELOPE`, `INCLUDE_CLAIMED` (0 or 1).
+    pub(crate) fn take(&self, script: &str, opts: &TakeOptions) -> Exec {
+        self.exec(script, opts.wait)
+            .env("MAX_BATCH", opts.max_batch_bytes.to_string())
+            .env("ENVELOPE", opts.envelope_limit.to_string())
+            .env(
+                "INCLUDE_CLAIMED",
+                if opts.include_claimed { "1" } else { "0" },
+            )
+    }
+
     /// Runs `exec`; a time-out or a non-zero exit is an error.
     pub(crate) async fn run(&self, exec: Exec) -> Result<ExecOutput, TransportError> {
         self.count.fetch_add(1, Ordering::Relaxed);

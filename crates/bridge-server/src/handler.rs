@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bridge_protocol::env::GatewayConfig;
 use bridge_protocol::policy::{is_safe_method, DEFAULT_REQUEST_HEADERS};
@@ -13,9 +13,10 @@ use bridge_protocol::wire::{self, Headers, RequestFile};
 use bridge_protocol::{codec, token};
 use tracing::Instrument as _;
 
-use crate::body::{self, BodyError};
+use crate::body;
 use crate::queue::Queue;
-use crate::reply::{self, error};
+use crate::refusal::Refusal;
+use crate::reply;
 use crate::watch::{Waiter, Waiters};
 
 /// Extra age, beyond the response timeout, after which a request file is abandoned.
@@ -81,7 +82,9 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
     );
     async move {
         let started = std::time::Instant::now();
-        let response = serve(&state.inner, id, request).await;
+        let response = serve(&state.inner, id, request)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
         tracing::info!(
             status = response.status().as_u16(),
             ms = started.elapsed().as_secs_f64() * 1000.0,
@@ -93,25 +96,21 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
     .await
 }
 
-async fn serve(inner: &Inner, id: String, request: Request) -> Response {
+async fn serve(inner: &Inner, id: String, request: Request) -> Result<Response, Refusal> {
     let config = &inner.config;
     if !authorized(request.headers(), &config.token) {
         tracing::info!("refused: missing or wrong bridge token");
-        return error(StatusCode::UNAUTHORIZED, "missing or invalid bridge token");
+        return Err(Refusal::Unauthorized);
     }
-    if let Err(response) = admit(inner) {
-        return *response;
-    }
+    admit(inner)?;
     let (parts, body) = request.into_parts();
-    let bytes = match body::read_limited(&parts.headers, body, config.max_body_bytes).await {
-        Ok(bytes) => bytes,
-        Err(e) => return body_error(e, config.max_body_bytes),
-    };
+    let limit = config.max_body_bytes;
+    let bytes = body::read_limited(&parts.headers, body, limit)
+        .await
+        .map_err(|e| Refusal::from_body(e, limit))?;
     let path = parts.uri.path().to_owned();
-    let (text, encoding) = match body::encode(&parts.method, &path, &parts.headers, bytes) {
-        Ok(encoded) => encoded,
-        Err(e) => return body_error(e, config.max_body_bytes),
-    };
+    let (text, encoding) = body::encode(&parts.method, &path, &parts.headers, bytes)
+        .map_err(|e| Refusal::from_body(e, limit))?;
     let file = RequestFile {
         id: id.clone(),
         method: parts.method.as_str().to_ascii_uppercase(),
@@ -129,33 +128,26 @@ async fn serve(inner: &Inner, id: String, request: Request) -> Response {
     // Register before publishing, so an instant answer cannot be missed.
     let waiter = inner.waiters.register(&id);
     let published = Published::publish(&inner.queue, &id, &wire::to_line(&file));
-    let published = match published {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(error = %e, "could not write the request file");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the bridge queue is not writable",
-            );
-        }
-    };
+    let published = published.map_err(|e| {
+        tracing::error!(error = %e, "could not write the request file");
+        Refusal::QueueNotWritable
+    })?;
     let answer = wait_for_answer(inner, &id, &waiter).await;
     drop(published); // the request file goes, whether answered or not
     match answer {
         Some(Ok(bytes)) => reply::from_response_file(&bytes, &id, config.max_body_bytes),
         Some(Err(e)) => {
             tracing::warn!(error = %e, "unreadable response file");
-            error(
-                StatusCode::BAD_GATEWAY,
-                "the bridge's response was unreadable",
-            )
+            Err(Refusal::BadGateway(
+                "the bridge's response was unreadable".into(),
+            ))
         }
-        None => timed_out(&file.method),
+        None => Err(timed_out(&file.method)),
     }
 }
 
 /// Queue depth: at the limit, sweep abandoned requests first, then refuse.
-fn admit(inner: &Inner) -> Result<(), Box<Response>> {
+fn admit(inner: &Inner) -> Result<(), Refusal> {
     let config = &inner.config;
     let depth = inner.queue.depth().unwrap_or(usize::MAX);
     if depth < config.max_queue_depth {
@@ -172,10 +164,7 @@ fn admit(inner: &Inner) -> Result<(), Box<Response>> {
         return Ok(());
     }
     tracing::warn!(depth, "refused: the queue is full");
-    Err(Box::new(error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the bridge queue is full; retry later",
-    )))
+    Err(Refusal::QueueFull)
 }
 
 /// Waits (bounded) for `responses/<id>.json`: `None` on time-out.
@@ -203,29 +192,15 @@ async fn wait_for_answer(
 
 /// The caller waited too long. An unsafe request was published and may have been
 /// forwarded: its outcome is unknown, and a blind retry could do it twice.
-fn timed_out(method: &str) -> Response {
+fn timed_out(method: &str) -> Refusal {
     if is_safe_method(method) {
         tracing::warn!("timed out waiting for the host");
-        error(
-            StatusCode::GATEWAY_TIMEOUT,
-            "timed out waiting for the bridge host",
-        )
+        Refusal::TimedOut
     } else {
         tracing::warn!("timed out waiting for the host; outcome unknown");
-        reply::indeterminate(
+        Refusal::Indeterminate(
             "timed out waiting for the bridge host; the request may or may not have been applied",
         )
-    }
-}
-
-fn body_error(e: BodyError, limit: usize) -> Response {
-    match e {
-        BodyError::TooLarge => error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("request body is over the limit of {limit} bytes"),
-        ),
-        BodyError::Unsupported(why) => error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &why),
-        BodyError::Broken(why) => error(StatusCode::BAD_REQUEST, &why),
     }
 }
 

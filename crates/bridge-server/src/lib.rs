@@ -13,6 +13,7 @@ mod handler;
 pub mod ops;
 mod queue;
 mod ready;
+mod refusal;
 mod reply;
 mod serve;
 mod watch;

@@ -2,9 +2,11 @@
 
 use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bridge_protocol::wire::{self, ResponseFile};
 use bridge_protocol::{codec, OUTCOME_HEADER, OUTCOME_INDETERMINATE};
+
+use crate::refusal::Refusal;
 
 /// Response headers never copied from a response file: the body length is ours to set,
 /// and hop-by-hop headers describe a connection that is not this one.
@@ -21,53 +23,39 @@ const NEVER_COPIED: &[&str] = &[
     "proxy-connection",
 ];
 
-/// `{"error": message}` with `status`.
-pub(crate) fn error(status: StatusCode, message: &str) -> Response {
-    json(status, bridge_protocol::error_body(message))
-}
-
-/// 409 + `x-paperclip-bridge-outcome: indeterminate`: the request may have been applied.
-pub(crate) fn indeterminate(message: &str) -> Response {
-    let mut response = json(
-        StatusCode::CONFLICT,
-        bridge_protocol::indeterminate_body(message),
-    );
-    response.headers_mut().insert(
-        OUTCOME_HEADER,
-        HeaderValue::from_static(OUTCOME_INDETERMINATE),
-    );
-    response
-}
-
-fn json(status: StatusCode, body: Vec<u8>) -> Response {
-    (status, [("content-type", "application/json")], body).into_response()
-}
-
-/// The agent's answer from a response file, or 502 when the file is malformed.
-pub(crate) fn from_response_file(bytes: &[u8], id: &str, max_body_bytes: usize) -> Response {
+/// The agent's answer from a response file: 409 for an indeterminate outcome, 502 when the
+/// file is malformed.
+pub(crate) fn from_response_file(
+    bytes: &[u8],
+    id: &str,
+    max_body_bytes: usize,
+) -> Result<Response, Refusal> {
     let file: ResponseFile = match wire::parse(bytes, codec::envelope_limit(max_body_bytes)) {
         Ok(file) => file,
-        Err(e) => return bad_gateway(&format!("malformed response file: {e}")),
+        Err(e) => return Err(bad_gateway(format!("malformed response file: {e}"))),
     };
     if file.id != id {
-        return bad_gateway("response file is for another request");
+        return Err(bad_gateway("response file is for another request".into()));
     }
     let status = match StatusCode::from_u16(file.status) {
         Ok(s) if (200..=599).contains(&s.as_u16()) => s,
-        _ => return bad_gateway(&format!("response status {} is not valid", file.status)),
+        _ => {
+            let why = format!("response status {} is not valid", file.status);
+            return Err(bad_gateway(why));
+        }
     };
     if file
         .headers
         .iter()
         .any(|(k, v)| k.eq_ignore_ascii_case(OUTCOME_HEADER) && v.trim() == OUTCOME_INDETERMINATE)
     {
-        return indeterminate(
+        return Err(Refusal::Indeterminate(
             "the upstream outcome of this request is unknown; do not retry blindly",
-        );
+        ));
     }
     let body = match file.body_bytes(max_body_bytes) {
         Ok(body) => body,
-        Err(e) => return bad_gateway(&format!("response body: {e}")),
+        Err(e) => return Err(bad_gateway(format!("response body: {e}"))),
     };
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
@@ -86,17 +74,23 @@ pub(crate) fn from_response_file(bytes: &[u8], id: &str, max_body_bytes: usize) 
             _ => tracing::warn!(header = %name, "skipping an invalid response header"),
         }
     }
-    response
+    Ok(response)
 }
 
-fn bad_gateway(why: &str) -> Response {
+fn bad_gateway(why: String) -> Refusal {
     tracing::warn!(why, "bad response file");
-    error(StatusCode::BAD_GATEWAY, why)
+    Refusal::BadGateway(why)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::response::IntoResponse as _;
+
+    /// What the agent gets: the answer, or the refusal's own.
+    fn answer(bytes: &[u8], id: &str, max_body_bytes: usize) -> Response {
+        from_response_file(bytes, id, max_body_bytes).unwrap_or_else(|r| r.into_response())
+    }
 
     fn file(status: u16, headers: &str, body: &str) -> Vec<u8> {
         format!(
@@ -107,7 +101,7 @@ mod tests {
 
     #[test]
     fn passes_status_headers_and_body_but_not_content_length() {
-        let r = from_response_file(
+        let r = answer(
             &file(
                 201,
                 r#"{"etag":"\"v1\"","content-length":"999","connection":"close","location":"/x"}"#,
@@ -132,17 +126,17 @@ mod tests {
             file(200, "{}", r#""x","bodyEncoding":"base64""#),
             file(200, "{}", r#""xyz","bodyEncoding":"gzip""#),
         ] {
-            assert_eq!(from_response_file(&bad, "r1", 100).status(), 502);
+            assert_eq!(answer(&bad, "r1", 100).status(), 502);
         }
         assert_eq!(
-            from_response_file(&file(200, "{}", r#""""#), "other", 100).status(),
+            answer(&file(200, "{}", r#""""#), "other", 100).status(),
             502
         );
     }
 
     #[test]
     fn indeterminate_outcome_becomes_409() {
-        let r = from_response_file(
+        let r = answer(
             &file(
                 504,
                 r#"{"x-paperclip-bridge-outcome":"indeterminate"}"#,

@@ -55,14 +55,8 @@ impl Transport for OneShotTransport {
         Box::pin(async move {
             let exec = self
                 .execs
-                .exec(TAKE, opts.wait)
-                .env("WAIT_MS", opts.wait.as_millis().to_string())
-                .env("MAX_BATCH", opts.max_batch_bytes.to_string())
-                .env("ENVELOPE", opts.envelope_limit.to_string())
-                .env(
-                    "INCLUDE_CLAIMED",
-                    if opts.include_claimed { "1" } else { "0" },
-                );
+                .take(TAKE, &opts)
+                .env("WAIT_MS", opts.wait.as_millis().to_string());
             let out = self.exec(exec).await?;
             let lines = lines(&out.stdout);
             let taken: Vec<Taken> = lines

@@ -150,15 +150,9 @@ impl Transport for PosixTransport {
             let tries = (opts.wait.as_millis() / POLL_STEP.as_millis()).to_string();
             let exec = self
                 .execs
-                .exec(TAKE, opts.wait)
+                .take(TAKE, &opts)
                 .env("Q", self.queue())
-                .env("TRIES", tries)
-                .env("MAX_BATCH", opts.max_batch_bytes.to_string())
-                .env("ENVELOPE", opts.envelope_limit.to_string())
-                .env(
-                    "INCLUDE_CLAIMED",
-                    if opts.include_claimed { "1" } else { "0" },
-                );
+                .env("TRIES", tries);
             let out = self.exec(exec).await?;
             parse_take(&out.stdout, opts.envelope_limit)
         })
