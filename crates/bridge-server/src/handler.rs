@@ -17,6 +17,7 @@ use crate::body;
 use crate::queue::Queue;
 use crate::refusal::Refusal;
 use crate::reply;
+use crate::tasks::Tasks;
 use crate::watch::{Waiter, Waiters};
 
 /// Extra age, beyond the response timeout, after which a request file is abandoned.
@@ -33,20 +34,26 @@ struct Inner {
     config: GatewayConfig,
     queue: Queue,
     waiters: Waiters,
+    tasks: Tasks,
 }
 
 impl AppState {
     /// Opens (creates) the queue and starts the response watcher. Needs a tokio runtime.
+    /// The watcher runs until [`crate::run`] stops it, or until the last clone of this
+    /// state is dropped.
     pub fn new(config: GatewayConfig) -> std::io::Result<Self> {
         let queue = Queue::create(&config.queue_dir)?;
         let waiters = Waiters::default();
-        let inotify = crate::watch::spawn(queue.clone(), waiters.clone(), config.poll_interval);
+        let tasks = Tasks::new();
+        let poll = config.poll_interval;
+        let inotify = crate::watch::spawn(queue.clone(), waiters.clone(), poll, &tasks);
         tracing::info!(inotify, "watching for responses");
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 queue,
                 waiters,
+                tasks,
             }),
         })
     }
@@ -64,6 +71,17 @@ impl AppState {
     /// Callers waiting for an answer right now.
     pub fn in_flight(&self) -> usize {
         self.inner.waiters.len()
+    }
+
+    /// Gateway tasks alive now: the response watcher's, and one per connection while
+    /// [`crate::run`] serves. Zero once `run` has returned, which joins them all.
+    pub fn live_tasks(&self) -> usize {
+        self.inner.tasks.live()
+    }
+
+    /// The gateway's own tasks, for [`crate::run`] to track and stop.
+    pub(crate) fn tasks(&self) -> &Tasks {
+        &self.inner.tasks
     }
 }
 

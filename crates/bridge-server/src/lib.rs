@@ -16,6 +16,7 @@ mod ready;
 mod refusal;
 mod reply;
 mod serve;
+mod tasks;
 mod watch;
 
 use std::net::SocketAddr;

@@ -41,7 +41,7 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(serve(config));
-    // Do not wait for lingering tasks (watchers, idle blocking threads) at exit.
+    // `run` has joined every gateway task; do not wait for idle blocking threads at exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     code
 }

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use bridge_protocol::layout;
 use futures_util::StreamExt as _;
-use inotify::{Inotify, WatchMask};
+use inotify::{EventOwned, Inotify, WatchMask};
 use tokio::sync::Notify;
 
 use crate::queue::Queue;
+use crate::tasks::{StopSignal, Tasks};
 
 /// Scan interval when inotify works (a safety net for missed events).
 const SAFETY_SCAN: Duration = Duration::from_secs(1);
@@ -101,8 +102,14 @@ impl Drop for Waiter {
     }
 }
 
-/// Starts the watcher task; returns whether inotify is in use.
-pub(crate) fn spawn(queue: Queue, waiters: Waiters, poll_interval: Duration) -> bool {
+/// Starts the watcher tasks under `tasks` (they end when it stops); returns whether
+/// inotify is in use.
+pub(crate) fn spawn(
+    queue: Queue,
+    waiters: Waiters,
+    poll_interval: Duration,
+    tasks: &Tasks,
+) -> bool {
     let inotify = watch_responses(&queue);
     let using_inotify = inotify.is_some();
     let scan_every = if using_inotify {
@@ -111,9 +118,10 @@ pub(crate) fn spawn(queue: Queue, waiters: Waiters, poll_interval: Duration) -> 
         poll_interval
     };
     if let Some(inotify) = inotify {
-        tokio::spawn(inotify_loop(inotify, queue.clone(), waiters.clone()));
+        let stop = tasks.stop_signal();
+        tasks.spawn_background(inotify_loop(inotify, queue.clone(), waiters.clone(), stop));
     }
-    tokio::spawn(scan_loop(queue, waiters, scan_every));
+    tasks.spawn_background(scan_loop(queue, waiters, scan_every, tasks.stop_signal()));
     using_inotify
 }
 
@@ -132,7 +140,7 @@ fn watch_responses(queue: &Queue) -> Option<Inotify> {
     Some(inotify)
 }
 
-async fn inotify_loop(inotify: Inotify, queue: Queue, waiters: Waiters) {
+async fn inotify_loop(inotify: Inotify, queue: Queue, waiters: Waiters, mut stop: StopSignal) {
     let mut stream = match inotify.into_event_stream([0u8; 4096]) {
         Ok(stream) => stream,
         Err(e) => {
@@ -140,33 +148,40 @@ async fn inotify_loop(inotify: Inotify, queue: Queue, waiters: Waiters) {
             return;
         }
     };
-    while let Some(event) = stream.next().await {
+    loop {
+        let event = tokio::select! {
+            () = stop.stopped() => return,
+            event = stream.next() => event,
+        };
         match event {
-            Ok(event) => {
-                let name = event.name.as_ref().and_then(|n| n.to_str());
-                match name.and_then(layout::entry_id) {
-                    Some(id) => dispatch(&queue, &waiters, id),
-                    // Overflow or an unnamed event: look at everything.
-                    None if event.mask.contains(inotify::EventMask::Q_OVERFLOW) => {
-                        scan_once(&queue, &waiters)
-                    }
-                    None => {}
-                }
-            }
-            Err(e) => {
+            Some(Ok(event)) => on_event(&queue, &waiters, &event),
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, "inotify read failed; the scan loop carries on");
                 return;
             }
+            None => return,
         }
     }
 }
 
-async fn scan_loop(queue: Queue, waiters: Waiters, every: Duration) {
+fn on_event(queue: &Queue, waiters: &Waiters, event: &EventOwned) {
+    let name = event.name.as_ref().and_then(|n| n.to_str());
+    match name.and_then(layout::entry_id) {
+        Some(id) => dispatch(queue, waiters, id),
+        // Overflow or an unnamed event: look at everything.
+        None if event.mask.contains(inotify::EventMask::Q_OVERFLOW) => scan_once(queue, waiters),
+        None => {}
+    }
+}
+
+async fn scan_loop(queue: Queue, waiters: Waiters, every: Duration, mut stop: StopSignal) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
-        scan_once(&queue, &waiters);
+        tokio::select! {
+            () = stop.stopped() => return,
+            _ = ticker.tick() => scan_once(&queue, &waiters),
+        }
     }
 }
 
