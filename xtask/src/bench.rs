@@ -1,4 +1,6 @@
 //! `cargo xtask bench gateway`: what the gateway adds to a round trip, and what it costs.
+//! `cargo xtask bench bridge`: the whole bridge, run by the bench-only binary
+//! `paperclip-bridge-bench` (tests/bench), recorded in docs/benchmarks.md after whole runs.
 //!
 //! Starts the shipped (static, size-optimised) gateway on a temporary queue, plays an
 //! in-process host that answers each request file as soon as it sees it, and measures
@@ -32,8 +34,8 @@ pub fn main(args: &[String]) -> Result<()> {
     }
 }
 
-/// The whole bridge per transport and latency: an optimised CLI runs the matrix (its
-/// options are passed through).
+/// The whole bridge per transport and latency: the optimised bench binary runs the matrix
+/// (its options are passed through) with the static gateway it is given.
 fn bridge(extra: &[String]) -> Result<()> {
     let binary = dist::build("x86_64-unknown-linux-musl")?;
     crate::run(crate::cargo().args([

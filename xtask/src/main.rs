@@ -15,6 +15,9 @@ const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   bench gateway                 gateway latency, memory and size (docs/benchmarks.md)
+  bench bridge [--scale] [--transport NAME]
+                                the whole bridge (paperclip-bridge-bench); whole runs are
+                                recorded in docs/benchmarks.md
   demo                          the bridge end to end in a local isolated sandbox
   dist [--target TRIPLE]        build the static gateway binary into target/dist/<target>/
   paperclip up|seed|down|status a real Paperclip server for the e2e suite

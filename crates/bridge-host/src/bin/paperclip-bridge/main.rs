@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 
 /// The Paperclip sandbox bridge (host side).
 #[derive(Debug, Parser)]
-#[command(name = "paperclip-bridge", version, about)]
+#[command(name = "paperclip-bridge", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
