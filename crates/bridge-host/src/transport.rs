@@ -179,17 +179,18 @@ pub(crate) fn deliveries(
         .collect()
 }
 
+/// What [`Transport::deliver`] returns: each response's id and its delivery.
+pub type Deliveries<'a> = BoxFuture<'a, Result<Vec<(String, Delivery)>, TransportError>>;
+
 /// The worker's view of one queue directory.
 pub trait Transport: Send + Sync + std::fmt::Debug {
     /// Returns pending requests (claiming each), waiting up to `opts.wait` for the first.
     fn take(&self, opts: TakeOptions) -> BoxFuture<'_, Result<Vec<Taken>, TransportError>>;
 
     /// Writes responses, each only while its request file exists, and removes their
-    /// claims. Returns one [`Delivery`] per response, in order.
-    fn deliver(
-        &self,
-        responses: Vec<PutItem>,
-    ) -> BoxFuture<'_, Result<Vec<(String, Delivery)>, TransportError>>;
+    /// claims. Returns one [`Delivery`] per response, in order. The worker never passes
+    /// an empty list; an implementation may still spend an exec on one.
+    fn deliver(&self, responses: Vec<PutItem>) -> Deliveries<'_>;
 
     /// How many execs this transport has made (for benchmarks and budgets).
     fn exec_count(&self) -> u64;

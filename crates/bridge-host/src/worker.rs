@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use crate::audit::AuditLog;
 use crate::policy::HostPolicy;
 use crate::proxy::Upstream;
-use crate::transport::{PutItem, TakeOptions, Taken, Transport};
+use crate::transport::{PutItem, TakeOptions, Taken, Transport, TransportError};
 
 pub use check::{check, Checked, Refusal};
 
@@ -233,12 +233,7 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
             }
             Err(e) => {
                 lost_claims = true;
-                shared
-                    .stats
-                    .transport_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                let wait = backoff.next();
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "take failed");
+                let wait = shared.transport_failed("take", &e, &mut backoff);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = stopped.changed() => break,
@@ -372,12 +367,7 @@ async fn deliver_batch(
                 return;
             }
             Err(e) => {
-                shared
-                    .stats
-                    .transport_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                let wait = backoff.next();
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "deliver failed");
+                let wait = shared.transport_failed("deliver", &e, &mut backoff);
                 tokio::time::sleep(wait).await;
             }
         }
@@ -385,6 +375,14 @@ async fn deliver_batch(
 }
 
 impl Shared {
+    /// Counts and logs a failed transport call; returns how long to wait before the retry.
+    fn transport_failed(&self, what: &str, e: &TransportError, backoff: &mut Backoff) -> Duration {
+        self.stats.transport_errors.fetch_add(1, Ordering::Relaxed);
+        let wait = backoff.next();
+        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "{what} failed");
+        wait
+    }
+
     /// Marks a taken request in flight; `None` if it already is.
     fn admit(&self, incoming: Taken) -> Option<Taken> {
         let mut in_flight = self.in_flight.lock().ok()?;

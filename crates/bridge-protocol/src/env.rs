@@ -52,7 +52,8 @@ pub struct GatewayConfig {
     /// How long a caller waits for its response before the gateway answers without one
     /// ([`RESPONSE_TIMEOUT_MS`]).
     pub response_timeout: Duration,
-    /// Pending requests allowed before new ones get 503 ([`MAX_QUEUE_DEPTH`]).
+    /// This gateway's own requests waiting at once before new ones get 503
+    /// ([`MAX_QUEUE_DEPTH`]); files others put in `requests/` do not count.
     pub max_queue_depth: usize,
     /// Largest request or response body in bytes ([`MAX_BODY_BYTES`]).
     pub max_body_bytes: usize,

@@ -1,7 +1,7 @@
 //! The gateway's one route: every agent call becomes a request file and waits for its answer.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue};
@@ -11,6 +11,7 @@ use bridge_protocol::env::GatewayConfig;
 use bridge_protocol::policy::{is_safe_method, DEFAULT_REQUEST_HEADERS};
 use bridge_protocol::wire::{self, Headers, RequestFile};
 use bridge_protocol::{codec, token};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
 
 use crate::body;
@@ -19,9 +20,6 @@ use crate::refusal::Refusal;
 use crate::reply;
 use crate::tasks::Tasks;
 use crate::watch::{Waiter, Waiters};
-
-/// Extra age, beyond the response timeout, after which a request file is abandoned.
-const STALE_MARGIN: Duration = Duration::from_secs(2);
 
 /// Shared by all requests.
 #[derive(Debug, Clone)]
@@ -35,6 +33,10 @@ struct Inner {
     queue: Queue,
     waiters: Waiters,
     tasks: Tasks,
+    /// One permit per request this gateway may have in the queue at once. Counted here,
+    /// not by listing `requests/`: files the sandbox forges must not use up honest
+    /// callers' depth.
+    depth: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -48,12 +50,14 @@ impl AppState {
         let poll = config.poll_interval;
         let inotify = crate::watch::spawn(queue.clone(), waiters.clone(), poll, &tasks);
         tracing::info!(inotify, "watching for responses");
+        let depth = Arc::new(Semaphore::new(config.max_queue_depth));
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 queue,
                 waiters,
                 tasks,
+                depth,
             }),
         })
     }
@@ -120,7 +124,7 @@ async fn serve(inner: &Inner, id: String, request: Request) -> Result<Response, 
         tracing::info!("refused: missing or wrong bridge token");
         return Err(Refusal::Unauthorized);
     }
-    admit(inner)?;
+    let _admitted = admit(inner)?;
     let (parts, body) = request.into_parts();
     let limit = config.max_body_bytes;
     let bytes = body::read_limited(&parts.headers, body, limit)
@@ -164,25 +168,15 @@ async fn serve(inner: &Inner, id: String, request: Request) -> Result<Response, 
     }
 }
 
-/// Queue depth: at the limit, sweep abandoned requests first, then refuse.
-fn admit(inner: &Inner) -> Result<(), Refusal> {
-    let config = &inner.config;
-    let depth = inner.queue.depth().unwrap_or(usize::MAX);
-    if depth < config.max_queue_depth {
-        return Ok(());
-    }
-    let swept = inner
-        .queue
-        .sweep_stale(config.response_timeout + STALE_MARGIN)
-        .unwrap_or(0);
-    if swept > 0 {
-        tracing::info!(swept, "removed abandoned request files");
-    }
-    if inner.queue.depth().unwrap_or(usize::MAX) < config.max_queue_depth {
-        return Ok(());
-    }
-    tracing::warn!(depth, "refused: the queue is full");
-    Err(Refusal::QueueFull)
+/// Queue depth: a permit held until the call is answered, or 503 when all are taken.
+fn admit(inner: &Inner) -> Result<OwnedSemaphorePermit, Refusal> {
+    inner.depth.clone().try_acquire_owned().map_err(|_| {
+        tracing::warn!(
+            depth = inner.config.max_queue_depth,
+            "refused: the queue is full"
+        );
+        Refusal::QueueFull
+    })
 }
 
 /// Waits (bounded) for `responses/<id>.json`: `None` on time-out.

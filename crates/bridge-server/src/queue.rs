@@ -6,7 +6,6 @@
 use std::io;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::Path;
-use std::time::{Duration, SystemTime};
 
 use bridge_protocol::layout::{self, QueueLayout};
 
@@ -100,50 +99,17 @@ impl Queue {
         Ok(Some(bytes))
     }
 
-    /// Counts pending requests (`requests/*.json` regular files).
-    pub fn depth(&self) -> io::Result<usize> {
-        Ok(self.entries(&self.layout.requests_dir())?.len())
-    }
-
-    /// Deletes request files last modified more than `older_than` ago (abandoned by a
-    /// caller that is gone); returns how many.
-    pub fn sweep_stale(&self, older_than: Duration) -> io::Result<usize> {
-        let now = SystemTime::now();
-        let mut removed = 0;
-        for (id, modified) in self.entries(&self.layout.requests_dir())? {
-            let age = now.duration_since(modified).unwrap_or_default();
-            if age > older_than {
-                self.withdraw(&id);
-                removed += 1;
-            }
-        }
-        Ok(removed)
-    }
-
-    /// Ids of the response files present now.
+    /// Ids of the response files present now (regular files with a valid id).
     pub fn response_ids(&self) -> io::Result<Vec<String>> {
-        Ok(self
-            .entries(&self.layout.responses_dir())?
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect())
-    }
-
-    /// `(id, mtime)` of the queue entries in `dir`.
-    fn entries(&self, dir: &Path) -> io::Result<Vec<(String, SystemTime)>> {
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
+        for entry in std::fs::read_dir(self.layout.responses_dir())? {
             let entry = entry?;
             let name = entry.file_name();
             let Some(id) = name.to_str().and_then(layout::entry_id) else {
                 continue;
             };
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_file() {
-                out.push((
-                    id.to_owned(),
-                    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                ));
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                out.push(id.to_owned());
             }
         }
         Ok(out)
@@ -172,7 +138,6 @@ mod tests {
         assert_eq!(mode(&queue.layout().requests_dir()), 0o700);
         assert_eq!(mode(&queue.layout().request_file("a1")), 0o600);
         assert!(!layout::tmp_path(&queue.layout().request_file("a1")).exists());
-        assert_eq!(queue.depth().unwrap(), 1);
     }
 
     #[test]
@@ -184,17 +149,5 @@ mod tests {
         assert!(queue.take_response("r1", 99).is_err());
         assert!(!path.exists());
         assert_eq!(queue.take_response("r1", 99).unwrap(), None);
-    }
-
-    #[test]
-    fn only_json_entries_count() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = Queue::create(dir.path()).unwrap();
-        let requests = queue.layout().requests_dir();
-        for name in ["a.json", "b.json.tmp", "c.claimed", "bad id.json"] {
-            std::fs::write(requests.join(name), b"{}").unwrap();
-        }
-        std::fs::create_dir(requests.join("d.json")).unwrap();
-        assert_eq!(queue.depth().unwrap(), 1);
     }
 }

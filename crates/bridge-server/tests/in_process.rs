@@ -313,29 +313,46 @@ async fn an_undeclared_body_is_cut_off_at_the_limit_too() {
 }
 
 #[tokio::test]
-async fn full_queue_is_503_until_stale_requests_are_swept() {
-    let gateway = Gateway::new(&[
-        ("PAPERCLIP_BRIDGE_MAX_QUEUE_DEPTH", "1"),
-        ("PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS", "1000"),
-    ]);
-    let stuck = gateway.queue().join("requests/stuck-1.json");
-    std::fs::write(&stuck, b"{}\n").unwrap();
+async fn only_this_gateways_own_requests_count_toward_the_depth() {
+    let gateway = Gateway::new(&[("PAPERCLIP_BRIDGE_MAX_QUEUE_DEPTH", "1")]);
+    // The sandbox forges request files: they use up nothing.
+    for i in 0..5 {
+        let forged = gateway.queue().join(format!("requests/forged-{i}.json"));
+        std::fs::write(forged, b"{}\n").unwrap();
+    }
+    let waiting = tokio::spawn({
+        let gateway = gateway.state.clone();
+        let request = Request::get("/api/agents/me")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Body::empty())
+            .unwrap();
+        async move { app(gateway).oneshot(request).await.unwrap() }
+    });
+    eventually(
+        "the first call to be queued",
+        Duration::from_secs(5),
+        || entries(&gateway.queue().join("requests")).len() == 6,
+    )
+    .await;
     let full = gateway.call("GET", "/api/agents/me", &[], b"").await;
     assert_eq!(full.status, 503);
     assert!(full.json()["error"].as_str().unwrap().contains("full"));
-    assert!(stuck.exists(), "a fresh request is not swept");
-    // Age it past response timeout + 2 s: it is abandoned and swept.
-    let old = std::time::SystemTime::now() - Duration::from_secs(10);
-    std::fs::File::options()
-        .write(true)
-        .open(&stuck)
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
     let _host = Host::start(gateway.queue(), echo);
+    assert_eq!(waiting.await.unwrap().status(), 200);
     let reply = gateway.call("GET", "/api/agents/me", &[], b"").await;
     assert_eq!(reply.status, 200);
-    assert!(!stuck.exists());
+}
+
+#[tokio::test]
+async fn a_queue_that_cannot_be_written_is_503_and_says_so() {
+    let gateway = Gateway::new(&[]);
+    // Even root cannot create a file below a regular file.
+    let requests = gateway.queue().join("requests");
+    std::fs::remove_dir_all(&requests).unwrap();
+    std::fs::write(&requests, b"not a directory").unwrap();
+    let reply = gateway.call("GET", "/api/agents/me", &[], b"").await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.json()["error"], "the bridge queue is not writable");
 }
 
 #[tokio::test]

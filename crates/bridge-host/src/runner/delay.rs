@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, DuplexStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -73,9 +73,7 @@ pub fn delayed_reader(
     inner: Pin<Box<dyn AsyncRead + Send>>,
     by: Duration,
 ) -> Pin<Box<dyn AsyncRead + Send>> {
-    let (ours, theirs) = tokio::io::duplex(LINE_BUFFER);
-    drop(delay_line(inner, ours, by)); // detached: it ends with its streams
-    Box::pin(theirs)
+    Box::pin(relayed(|ours| delay_line(inner, ours, by)))
 }
 
 /// What is written to the result reaches `inner` `by` later (and its end, too).
@@ -83,9 +81,15 @@ pub fn delayed_writer(
     inner: Pin<Box<dyn AsyncWrite + Send>>,
     by: Duration,
 ) -> Pin<Box<dyn AsyncWrite + Send>> {
+    Box::pin(relayed(|ours| delay_line(ours, inner, by)))
+}
+
+/// One end of a fresh in-memory pipe; `relay` gets the other and starts the task that
+/// copies through it, detached: that task ends with its streams.
+fn relayed(relay: impl FnOnce(DuplexStream) -> tokio::task::JoinHandle<()>) -> DuplexStream {
     let (ours, theirs) = tokio::io::duplex(LINE_BUFFER);
-    drop(delay_line(ours, inner, by)); // detached: it ends with its streams
-    Box::pin(theirs)
+    drop(relay(ours));
+    theirs
 }
 
 /// Copies `from` to `to`, each chunk `by` after it was read; the end of `from` is passed

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bridge_protocol::ops::{self, PutResult};
 
-use super::{Delivery, Execs, PutItem, TakeOptions, Taken, Transport, TransportError};
+use super::{Deliveries, Execs, PutItem, TakeOptions, Taken, Transport, TransportError};
 use crate::runner::{BoxFuture, Exec, ExecOutput, Runner};
 
 pub(crate) const TAKE: &str = r#"set -- take --queue-dir "$Q" --wait-ms "$WAIT_MS" --max-bytes "$MAX_BATCH" --envelope-bytes "$ENVELOPE"
@@ -72,14 +72,8 @@ impl Transport for OneShotTransport {
         })
     }
 
-    fn deliver(
-        &self,
-        responses: Vec<PutItem>,
-    ) -> BoxFuture<'_, Result<Vec<(String, Delivery)>, TransportError>> {
+    fn deliver(&self, responses: Vec<PutItem>) -> Deliveries<'_> {
         Box::pin(async move {
-            if responses.is_empty() {
-                return Ok(Vec::new());
-            }
             let mut stdin = Vec::new();
             for r in &responses {
                 stdin.extend_from_slice(ops::to_line(r).as_bytes());

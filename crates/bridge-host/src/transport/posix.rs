@@ -14,7 +14,10 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bridge_protocol::layout::is_valid_id;
 
-use super::{Delivery, Execs, PutItem, TakeOptions, TakeProblem, Taken, Transport, TransportError};
+use super::{
+    Deliveries, Delivery, Execs, PutItem, TakeOptions, TakeProblem, Taken, Transport,
+    TransportError,
+};
 use crate::runner::{BoxFuture, Exec, ExecOutput, Runner, RunnerError};
 
 /// One round of the in-sandbox wait loop.
@@ -158,14 +161,8 @@ impl Transport for PosixTransport {
         })
     }
 
-    fn deliver(
-        &self,
-        responses: Vec<PutItem>,
-    ) -> BoxFuture<'_, Result<Vec<(String, Delivery)>, TransportError>> {
+    fn deliver(&self, responses: Vec<PutItem>) -> Deliveries<'_> {
         Box::pin(async move {
-            if responses.is_empty() {
-                return Ok(Vec::new());
-            }
             if let Some(bad) = responses.iter().find(|r| !is_valid_id(&r.id)) {
                 return Err(
                     RunnerError::Invalid(format!("invalid response id {:?}", bad.id)).into(),

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bridge_protocol::layout::QueueLayout;
 use bridge_server::ops;
 
-use super::{Delivery, PutItem, TakeOptions, Taken, Transport, TransportError};
+use super::{Deliveries, PutItem, TakeOptions, Taken, Transport, TransportError};
 use crate::runner::BoxFuture;
 
 /// Shared-directory transport.
@@ -41,10 +41,7 @@ impl Transport for SharedFsTransport {
         })
     }
 
-    fn deliver(
-        &self,
-        responses: Vec<PutItem>,
-    ) -> BoxFuture<'_, Result<Vec<(String, Delivery)>, TransportError>> {
+    fn deliver(&self, responses: Vec<PutItem>) -> Deliveries<'_> {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::Relaxed);
             let layout = self.layout.clone();

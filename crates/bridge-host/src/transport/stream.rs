@@ -16,7 +16,7 @@ use std::time::Duration;
 use bridge_protocol::ops::{Command, Reply};
 
 use super::session::{Sent, Session, Unheard};
-use super::{Delivery, PutItem, TakeOptions, Taken, Transport, TransportError};
+use super::{Deliveries, PutItem, TakeOptions, Taken, Transport, TransportError};
 use crate::runner::{BoxFuture, Runner, Spawn};
 
 pub(crate) const SESSION: &str = r#"exec "$BIN" session --queue-dir "$Q""#;
@@ -183,14 +183,8 @@ impl Transport for StreamTransport {
         })
     }
 
-    fn deliver(
-        &self,
-        responses: Vec<PutItem>,
-    ) -> BoxFuture<'_, Result<Vec<(String, Delivery)>, TransportError>> {
+    fn deliver(&self, responses: Vec<PutItem>) -> Deliveries<'_> {
         Box::pin(async move {
-            if responses.is_empty() {
-                return Ok(Vec::new());
-            }
             let command = Command::Put(responses.clone());
             let Reply::Put(results) = self.call(command, Duration::ZERO).await? else {
                 return Err(TransportError::Garbled("a put got a take's reply".into()));

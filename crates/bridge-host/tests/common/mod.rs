@@ -205,11 +205,73 @@ pub fn take_opts() -> bridge_host::transport::TakeOptions {
 }
 
 /// A temporary queue directory with `requests/` and `responses/`.
-pub fn queue_dir() -> tempfile::TempDir {
+pub fn queue_dir() -> QueueDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("requests")).unwrap();
     std::fs::create_dir_all(dir.path().join("responses")).unwrap();
-    dir
+    QueueDir(dir)
+}
+
+/// A test's queue directory: removed at the end, and listed on stderr first when the
+/// test is failing (ripgrep's harness style), so a failure shows what the queue held.
+pub struct QueueDir(tempfile::TempDir);
+
+impl QueueDir {
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for QueueDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- queue directory {} ---\n{}",
+                self.path().display(),
+                listing(self.path())
+            );
+        }
+    }
+}
+
+fn kind(meta: &std::fs::Metadata) -> &'static str {
+    let t = meta.file_type();
+    match () {
+        _ if t.is_symlink() => "symlink",
+        _ if t.is_file() => "file",
+        _ => "special",
+    }
+}
+
+/// Every entry below `dir` with its kind and size, one a line.
+pub fn listing(dir: &Path) -> String {
+    let mut out = String::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(at) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&at) else {
+            continue;
+        };
+        let mut entries: Vec<_> = entries.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let meta = entry.path().symlink_metadata();
+            let rel = entry
+                .path()
+                .strip_prefix(dir)
+                .unwrap_or(&entry.path())
+                .display()
+                .to_string();
+            match meta {
+                Ok(m) if m.is_dir() => {
+                    out.push_str(&format!("{rel}/\n"));
+                    stack.push(entry.path());
+                }
+                Ok(m) => out.push_str(&format!("{rel} ({}, {} bytes)\n", kind(&m), m.len())),
+                Err(e) => out.push_str(&format!("{rel} ({e})\n")),
+            }
+        }
+    }
+    out
 }
 
 /// `pid: argv` of every process whose command line contains `needle`.

@@ -8,7 +8,7 @@
 //! - `put` writes a response only while its request file exists (the caller waits): tmp +
 //!   rename under a per-response lock, removed again if the request vanished meanwhile.
 //!   Then it removes the request and its claim, as Paperclip's own host does, so an answered
-//!   request never counts toward a gateway's queue depth and is never taken again.
+//!   request is never taken again.
 
 pub mod oneshot;
 pub mod session;

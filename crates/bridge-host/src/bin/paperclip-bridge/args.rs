@@ -55,12 +55,8 @@ pub struct SandboxArgs {
 #[derive(Debug, Clone, Args)]
 pub struct UpstreamArgs {
     /// The Paperclip API base URL (without /api).
-    #[arg(
-        long,
-        env = "PAPERCLIP_API_URL",
-        hide_env_values = true,
-        value_name = "URL"
-    )]
+    #[arg(long, value_name = "URL")]
+    #[arg(env = "PAPERCLIP_API_URL", hide_env_values = true)]
     pub api_url: Option<String>,
     /// Read the real API key from this environment variable [default: PAPERCLIP_API_KEY].
     #[arg(long, value_name = "VAR", conflicts_with = "api_key_file")]
@@ -69,16 +65,21 @@ pub struct UpstreamArgs {
     #[arg(long, value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
     /// Run id sent upstream as X-Paperclip-Run-Id.
-    #[arg(
-        long,
-        env = "PAPERCLIP_RUN_ID",
-        hide_env_values = true,
-        value_name = "ID"
-    )]
+    #[arg(long, value_name = "ID")]
+    #[arg(env = "PAPERCLIP_RUN_ID", hide_env_values = true)]
     pub run_id: Option<String>,
     /// Upstream request timeout in seconds.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub upstream_timeout: u64,
+}
+
+/// The gateway binary to upload into the sandbox.
+#[derive(Debug, Clone, Args)]
+pub struct GatewayBinArg {
+    /// The gateway binary to upload [default: target/dist/<musl>/ or next to this binary].
+    #[arg(long, value_name = "PATH")]
+    #[arg(env = "PAPERCLIP_BRIDGE_SERVER_BIN", hide_env_values = true)]
+    pub gateway_bin: Option<PathBuf>,
 }
 
 /// Policy and worker tuning.

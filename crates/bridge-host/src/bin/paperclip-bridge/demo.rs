@@ -18,20 +18,14 @@ use clap::Args;
 
 pub use agent::{agent, DemoAgentArgs};
 
-use crate::args::{SandboxArgs, SandboxKind};
+use crate::args::{GatewayBinArg, SandboxArgs, SandboxKind};
 use crate::sandbox::Sandbox;
 use crate::signals::Shutdown;
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
-    /// The gateway binary to upload [default: target/dist/<musl>/ or next to this binary].
-    #[arg(
-        long,
-        env = "PAPERCLIP_BRIDGE_SERVER_BIN",
-        hide_env_values = true,
-        value_name = "PATH"
-    )]
-    pub gateway_bin: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub gateway: GatewayBinArg,
 }
 
 pub async fn demo(args: DemoArgs, mut shutdown: Shutdown) -> Result<ExitCode> {
@@ -58,7 +52,7 @@ pub async fn demo(args: DemoArgs, mut shutdown: Shutdown) -> Result<ExitCode> {
             Some("demo-run-1".into()),
             Duration::from_secs(10),
         )?;
-        let binary = crate::run::gateway_binary(args.gateway_bin.clone())?;
+        let binary = crate::run::gateway_binary(args.gateway.gateway_bin.clone())?;
         let config = BridgeConfig::new(binary, sandbox.workdir.clone(), upstream_client);
         let started = std::time::Instant::now();
         let bridge = Bridge::start(sandbox.runner.clone(), config)

@@ -12,7 +12,9 @@ use bridge_host::transport::TransportKind;
 use clap::Args;
 
 use crate::agent_env::agent_env;
-use crate::args::{PolicyArgs, SandboxArgs, SandboxKind, TransportArg, UpstreamArgs};
+use crate::args::{
+    GatewayBinArg, PolicyArgs, SandboxArgs, SandboxKind, TransportArg, UpstreamArgs,
+};
 use crate::sandbox::Sandbox;
 use crate::signals::Shutdown;
 
@@ -22,14 +24,8 @@ const AGENT_GRACE: Duration = Duration::from_secs(5);
 /// Options of the bridge itself.
 #[derive(Debug, Clone, Args)]
 pub struct BridgeArgs {
-    /// The gateway binary to upload [default: target/dist/<musl>/ or next to this binary].
-    #[arg(
-        long,
-        env = "PAPERCLIP_BRIDGE_SERVER_BIN",
-        hide_env_values = true,
-        value_name = "PATH"
-    )]
-    pub gateway_bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub gateway: GatewayBinArg,
     /// How long an agent's call may wait for its answer, in milliseconds.
     #[arg(long, default_value_t = 30_000, value_name = "MS")]
     pub response_timeout_ms: u64,
@@ -111,7 +107,7 @@ async fn teardown(sandbox: Sandbox, bridge: BridgeHandle) {
 fn bridge_config(args: &UpArgs, sandbox_dir: PathBuf) -> Result<BridgeConfig> {
     let upstream = args.upstream.upstream()?;
     let policy = args.policy.policy()?;
-    let binary = gateway_binary(args.bridge.gateway_bin.clone())?;
+    let binary = gateway_binary(args.bridge.gateway.gateway_bin.clone())?;
     let mut config = BridgeConfig::new(binary, sandbox_dir, upstream);
     config.policy = Arc::new(policy);
     config.worker.concurrency = args.policy.concurrency.max(1);
