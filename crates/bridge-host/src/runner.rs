@@ -12,17 +12,17 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub mod bwrap;
 pub mod command;
 pub mod delay;
 mod exec;
 pub mod memory;
-pub mod netns;
 mod spawned;
 
+pub use bwrap::{BwrapSandbox, Mounts};
 pub use command::{CommandRunner, LocalRunner};
 pub use delay::{delay_line, DelayRunner};
 pub use memory::MemoryRunner;
-pub use netns::NetnsSandbox;
 
 /// A boxed, sendable future, so runners can be used as `Arc<dyn Runner>`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

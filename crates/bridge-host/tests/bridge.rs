@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bridge_host::deploy::{Bridge, BridgeConfig, BridgeHandle};
 use bridge_host::proxy::{Secret, Upstream};
-use bridge_host::runner::{Exec, ExecOutput, NetnsSandbox, Runner};
+use bridge_host::runner::{BwrapSandbox, Exec, ExecOutput, Runner};
 use bridge_host::transport::TransportKind;
 use common::*;
 
@@ -19,7 +19,7 @@ const T: Duration = Duration::from_secs(30);
 
 struct Setup {
     recorder: Recorder,
-    sandbox: Arc<NetnsSandbox>,
+    sandbox: Arc<BwrapSandbox>,
     bridge: Option<BridgeHandle>,
     _dir: tempfile::TempDir,
 }
@@ -32,7 +32,7 @@ async fn setup() -> Setup {
 async fn setup_with(transport: TransportKind) -> Setup {
     let recorder = Recorder::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let sandbox = Arc::new(NetnsSandbox::create(dir.path()).await.unwrap());
+    let sandbox = Arc::new(BwrapSandbox::create(dir.path()).await.unwrap());
     let upstream = Upstream::new(
         &recorder.url,
         Secret::new(REAL_KEY.into()),
@@ -302,7 +302,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Pids in the sandbox's network namespace.
-fn sandbox_pids(sandbox: &NetnsSandbox) -> Vec<String> {
+fn sandbox_pids(sandbox: &BwrapSandbox) -> Vec<String> {
     let ns = std::fs::read_link(format!("/proc/{}/ns/net", sandbox.holder_pid())).unwrap();
     std::fs::read_dir("/proc")
         .unwrap()
@@ -322,7 +322,7 @@ async fn a_gateway_that_dies_at_start_is_reported_with_its_log() {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     let sandbox_dir = dir.path().join("sandbox");
-    let sandbox = Arc::new(NetnsSandbox::create(&sandbox_dir).await.unwrap());
+    let sandbox = Arc::new(BwrapSandbox::create(&sandbox_dir).await.unwrap());
     let upstream = Upstream::new(
         &recorder.url,
         Secret::new(REAL_KEY.into()),

@@ -48,7 +48,7 @@ async fn output(mut command: Command) -> Output {
 async fn the_agent_sees_only_the_bridge_and_allowlisted_context() {
     let recorder = Recorder::start().await;
     let mut command = cli(&recorder.url);
-    command.args(["run", "--sandbox", "netns", "--", "sh", "-c"]).arg(
+    command.args(["run", "--sandbox", "bwrap", "--", "sh", "-c"]).arg(
         "env | sort; curl -sS -o /dev/null -w 'status=%{http_code}\\n' -H \"Authorization: Bearer $PAPERCLIP_API_KEY\" \"$PAPERCLIP_API_URL/api/agents/me\"",
     );
     let out = output(command).await;
@@ -90,6 +90,7 @@ async fn the_agents_exit_status_is_ours() {
     command.args([
         "run",
         "--sandbox",
+        // The sandbox's old name still works.
         "netns",
         "--",
         "sh",
@@ -188,7 +189,7 @@ async fn sigterm_stops_the_agent_and_tears_down_within_a_bound() {
     let dir = tempfile::tempdir().unwrap();
     let mut command = cli(&recorder.url);
     command
-        .args(["run", "--sandbox", "netns", "--workdir"])
+        .args(["run", "--sandbox", "bwrap", "--workdir"])
         .arg(dir.path())
         .args(["--", "sh", "-c", "echo started; exec sleep 300"])
         .stdout(Stdio::piped())

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use bridge_host::runner::memory::Invocation;
 use bridge_host::runner::{
-    CommandRunner, DelayRunner, Exec, LocalRunner, MemoryRunner, NetnsSandbox, Runner, RunnerError,
-    Signal, Spawn,
+    BwrapSandbox, CommandRunner, DelayRunner, Exec, LocalRunner, MemoryRunner, Mounts, Runner,
+    RunnerError, Signal, Spawn,
 };
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 
@@ -97,7 +97,7 @@ async fn echo_lines(mut run: Invocation) -> i32 {
 /// A runner under test and the sandbox to destroy afterwards, if any.
 struct Under {
     runner: Arc<dyn Runner>,
-    sandbox: Option<Arc<NetnsSandbox>>,
+    sandbox: Option<Arc<BwrapSandbox>>,
     _dir: tempfile::TempDir,
 }
 
@@ -114,7 +114,7 @@ impl Under {
             )),
             "memory" => Arc::new(memory()),
             _ => {
-                let made = Arc::new(NetnsSandbox::create(dir.path()).await.unwrap());
+                let made = Arc::new(BwrapSandbox::create(dir.path()).await.unwrap());
                 sandbox = Some(made.clone());
                 made
             }
@@ -163,9 +163,13 @@ async fn a_process_gets_only_what_is_passed(runner: &dyn Runner) {
         .exec(Exec::new(ENV, T).env("PASSED_VAR", "passed-1"))
         .await
         .unwrap();
-    let env = String::from_utf8(out.stdout).unwrap();
+    let env = String::from_utf8(out.stdout.clone()).unwrap();
     assert!(!env.contains("must-not-cross"), "{env}");
-    assert!(env.contains("PASSED_VAR=passed-1"), "{env}");
+    assert!(
+        env.contains("PASSED_VAR=passed-1"),
+        "{env} {}",
+        out.stderr_text()
+    );
 }
 
 async fn an_exec_past_its_bound_is_timed_out(runner: &dyn Runner) {
@@ -365,7 +369,7 @@ async fn the_netns_sandbox_cannot_reach_the_hosts_loopback() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&here.stdout).trim(), "reached");
     let dir = tempfile::tempdir().unwrap();
-    let sandbox = NetnsSandbox::create(dir.path()).await.unwrap();
+    let sandbox = BwrapSandbox::create(dir.path()).await.unwrap();
     let inside = sandbox
         .exec(Exec::new(format!("bash -c '{probe}'"), T))
         .await
@@ -382,7 +386,7 @@ async fn the_netns_sandbox_cannot_reach_the_hosts_loopback() {
 #[tokio::test]
 async fn the_sandbox_has_private_files_and_destroy_kills_detached_processes() {
     let dir = tempfile::tempdir().unwrap();
-    let sandbox = NetnsSandbox::create(dir.path()).await.unwrap();
+    let sandbox = BwrapSandbox::create(dir.path()).await.unwrap();
     let out = sandbox
         .exec(
             Exec::new(
@@ -394,7 +398,11 @@ async fn the_sandbox_has_private_files_and_destroy_kills_detached_processes() {
         .await
         .unwrap();
     assert!(out.success(), "{}", out.stderr_text());
-    let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let pids = members(&sandbox);
+    assert!(
+        pids.len() >= 2,
+        "the holder and the detached sleep: {pids:?}"
+    );
     assert!(
         !dir.path().join("secret.txt").exists(),
         "the host sees the sandbox's files"
@@ -404,9 +412,22 @@ async fn the_sandbox_has_private_files_and_destroy_kills_detached_processes() {
         .await
         .unwrap();
     assert_eq!(seen.stdout, b"inside\n");
-    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
     sandbox.destroy().await;
-    wait_gone(pid).await;
+    for pid in pids {
+        wait_gone(pid).await;
+    }
+}
+
+/// Host pids of the processes in the sandbox's PID namespace.
+fn members(sandbox: &BwrapSandbox) -> Vec<u32> {
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    let ours = ns(&sandbox.holder_pid().to_string());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| ours.is_some() && ns(&pid.to_string()) == ours)
+        .collect()
 }
 
 async fn wait_gone(pid: u32) {
@@ -446,8 +467,15 @@ async fn an_exec_prefix_keeps_odd_values_and_binary_stdin_intact() {
 #[tokio::test]
 async fn a_server_inside_the_sandbox_is_reachable_only_from_inside() {
     let dir = tempfile::tempdir().unwrap();
-    let sandbox = NetnsSandbox::create(dir.path()).await.unwrap();
     let exe = std::env::current_exe().unwrap();
+    // The test binary is a host file: the sandbox sees it only when it is bound in.
+    let mounts = Mounts {
+        read_only: vec![exe.parent().unwrap().to_path_buf()],
+        ..Mounts::default()
+    };
+    let sandbox = BwrapSandbox::create_with(dir.path(), &mounts)
+        .await
+        .unwrap();
     // The test binary itself serves as the in-sandbox server (see `helper_listener`).
     let script = r#""$EXE" helper_listener --exact --nocapture > server.out 2>&1 &
 i=0
@@ -507,7 +535,7 @@ fn helper_listener() {
 #[tokio::test]
 async fn a_destroyed_sandbox_refuses_execs() {
     let dir = tempfile::tempdir().unwrap();
-    let sandbox = NetnsSandbox::create(dir.path()).await.unwrap();
+    let sandbox = BwrapSandbox::create(dir.path()).await.unwrap();
     let holder = sandbox.holder_pid();
     assert_eq!(sandbox.workdir(), dir.path());
     sandbox.destroy().await;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bridge_host::runner::{
-    CommandRunner, DelayRunner, Exec, LocalRunner, MemoryRunner, NetnsSandbox, Runner,
+    BwrapSandbox, CommandRunner, DelayRunner, Exec, LocalRunner, MemoryRunner, Mounts, Runner,
 };
 use bridge_host::transport::{
     Delivery, OneShotTransport, PosixTransport, PutItem, SharedFsTransport, StreamTransport,
@@ -40,7 +40,7 @@ struct Fixture {
     runner: Arc<dyn Runner>,
     files: Arc<dyn Runner>,
     queue: PathBuf,
-    sandbox: Option<Arc<NetnsSandbox>>,
+    sandbox: Option<Arc<BwrapSandbox>>,
     _dir: tempfile::TempDir,
 }
 
@@ -54,7 +54,15 @@ impl Fixture {
     /// The queue is inside a namespace sandbox: every file operation goes through it.
     async fn sandboxed(kind: Kind) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let sandbox = Arc::new(NetnsSandbox::create(dir.path()).await.unwrap());
+        // The gateway binary is a host file: bound in read-only, as an upload would put it.
+        let mounts = Mounts {
+            read_only: vec![gateway_bin().parent().unwrap().to_path_buf()],
+            ..Mounts::default()
+        };
+        let sandbox = BwrapSandbox::create_with(dir.path(), &mounts)
+            .await
+            .unwrap();
+        let sandbox = Arc::new(sandbox);
         let fixture = Fixture::with(kind, sandbox.clone(), sandbox.clone(), Some(sandbox), dir);
         let fixture = fixture.await;
         assert!(
@@ -68,7 +76,7 @@ impl Fixture {
         kind: Kind,
         runner: Arc<dyn Runner>,
         files: Arc<dyn Runner>,
-        sandbox: Option<Arc<NetnsSandbox>>,
+        sandbox: Option<Arc<BwrapSandbox>>,
         dir: tempfile::TempDir,
     ) -> Fixture {
         let fixture = Fixture {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bridge_host::deploy::{Bridge, BridgeConfig, BridgeHandle};
 use bridge_host::proxy::{Secret, Upstream};
-use bridge_host::runner::{DelayRunner, Exec, LocalRunner, NetnsSandbox, Runner};
+use bridge_host::runner::{BwrapSandbox, DelayRunner, Exec, LocalRunner, Runner};
 use bridge_host::transport::TransportKind;
 use clap::Args;
 use serde_json::{json, Value};
@@ -101,11 +101,11 @@ async fn run_cell(args: &BenchArgs, cell: &Cell) -> Result<Value> {
         rand_suffix()
     ));
     std::fs::create_dir_all(&dir)?;
-    let (runner, netns): (Arc<dyn Runner>, Option<Arc<NetnsSandbox>>) =
+    let (runner, netns): (Arc<dyn Runner>, Option<Arc<BwrapSandbox>>) =
         if cell.transport == "shared-fs" {
             (Arc::new(LocalRunner), None)
         } else {
-            let sandbox = Arc::new(NetnsSandbox::create(&dir).await?);
+            let sandbox = Arc::new(BwrapSandbox::create(&dir).await?);
             (
                 Arc::new(DelayRunner::new(
                     sandbox.clone(),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use bridge_host::deploy::{Bridge, BridgeConfig, BridgeHandle};
 use bridge_host::proxy::{Secret, Upstream};
-use bridge_host::runner::{Exec, NetnsSandbox, Runner};
+use bridge_host::runner::{BwrapSandbox, Exec, Runner};
 use serde_json::{json, Value};
 
 use crate::bench::{rss_kib, BenchArgs};
@@ -36,7 +36,7 @@ async fn run(args: &BenchArgs, n: usize) -> Result<Value> {
     let root = std::env::temp_dir().join(format!("pcb-scale-{}", std::process::id()));
     let rss_before = host_rss();
     let started = Instant::now();
-    let mut fleet: Vec<(Arc<NetnsSandbox>, BridgeHandle, PathBuf)> = Vec::new();
+    let mut fleet: Vec<(Arc<BwrapSandbox>, BridgeHandle, PathBuf)> = Vec::new();
     // One HTTP client for the whole fleet, as an orchestrator would hold it.
     let api = Upstream::new(
         &upstream.url(),
@@ -47,7 +47,7 @@ async fn run(args: &BenchArgs, n: usize) -> Result<Value> {
     for i in 0..n {
         let dir = root.join(i.to_string());
         std::fs::create_dir_all(&dir)?;
-        let sandbox = Arc::new(NetnsSandbox::create(&dir).await?);
+        let sandbox = Arc::new(BwrapSandbox::create(&dir).await?);
         let client = api.for_run(Secret::new("scale-key".into()), Some(format!("run-{i}")));
         let config = BridgeConfig::new(args.gateway_bin.clone(), dir.clone(), client);
         let bridge = Bridge::start(sandbox.clone(), config).await?;

@@ -92,7 +92,10 @@ async fn an_isolated_agent_works_its_issue_through_the_bridge() {
     let audit = scratch.path().join("audit.jsonl");
     let agent = workspace().join("tests/e2e/agents/work-issue.sh");
     let mut child = Command::new(binary("paperclip-bridge"))
-        .args(["run", "--sandbox", "netns", "--api-url", &facts.api_url])
+        .args(["run", "--sandbox", "bwrap", "--api-url", &facts.api_url])
+        // The agent's script is a host file: the sandbox shows it only when bound in.
+        .arg("--ro-bind")
+        .arg(agent.parent().unwrap())
         .arg("--api-key-file")
         .arg(&facts.key_file)
         .args(["--run-id", &facts.run_id])

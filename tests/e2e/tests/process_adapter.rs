@@ -59,9 +59,12 @@ impl Paperclip {
         let mut args = vec![
             "run".to_owned(),
             "--sandbox".into(),
-            "netns".into(),
+            "bwrap".into(),
             "--gateway-bin".into(),
             bin.join("paperclip-bridge-server").display().to_string(),
+            // The agent's script is a host file: the sandbox shows it only when bound in.
+            "--ro-bind".into(),
+            bin.display().to_string(),
             "--".into(),
         ];
         args.extend(agent.iter().map(|s| s.to_string()));

@@ -129,19 +129,33 @@ pub(crate) async fn run(
 }
 
 /// Starts `command` with all three standard streams piped, as an [`ExecStream`].
-pub(crate) fn open_stream(mut command: Command) -> Result<ExecStream, RunnerError> {
+pub(crate) fn open_stream(command: Command) -> Result<ExecStream, RunnerError> {
+    piped(command, |child| Box::new(LocalProcess(child)))
+}
+
+/// Like [`open_stream`], for a `command` started in a process group of its own
+/// (`process_group(0)`): signals go to the whole group, so they reach what a wrapper
+/// such as `nsenter` forked.
+pub(crate) fn open_grouped_stream(command: Command) -> Result<ExecStream, RunnerError> {
+    piped(command, |child| Box::new(GroupLeader(LocalProcess(child))))
+}
+
+fn piped(
+    mut command: Command,
+    process: impl FnOnce(tokio::process::Child) -> Box<dyn Process>,
+) -> Result<ExecStream, RunnerError> {
     command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut process = spawn(&mut command)?;
+    let mut child = spawn(&mut command)?;
     let missing = || RunnerError::Io(std::io::Error::other("a piped stream is missing"));
     Ok(ExecStream {
-        stdin: Box::pin(process.stdin.take().ok_or_else(missing)?),
-        stdout: Box::pin(process.stdout.take().ok_or_else(missing)?),
-        stderr: Box::pin(process.stderr.take().ok_or_else(missing)?),
-        process: Box::new(LocalProcess(process)),
+        stdin: Box::pin(child.stdin.take().ok_or_else(missing)?),
+        stdout: Box::pin(child.stdout.take().ok_or_else(missing)?),
+        stderr: Box::pin(child.stderr.take().ok_or_else(missing)?),
+        process: process(child),
     })
 }
 
@@ -206,6 +220,27 @@ impl Process for LocalProcess {
     }
 }
 
+/// A [`LocalProcess`] leading a process group: signalled as a group.
+#[derive(Debug)]
+struct GroupLeader(LocalProcess);
+
+impl Process for GroupLeader {
+    fn wait(&mut self) -> BoxFuture<'_, Result<ExitStatus, RunnerError>> {
+        self.0.wait()
+    }
+
+    fn signal(&mut self, signal: Signal) -> Result<(), RunnerError> {
+        if let Some(pid) = self.0 .0.id() {
+            let name = match signal {
+                Signal::Terminate => "-TERM",
+                Signal::Kill => "-KILL",
+            };
+            signal_group(name, pid);
+        }
+        self.0.signal(signal)
+    }
+}
+
 /// Spawns `command`; a failure names the program.
 pub(crate) fn spawn(command: &mut Command) -> Result<tokio::process::Child, RunnerError> {
     command.spawn().map_err(|source| RunnerError::Spawn {
@@ -246,9 +281,14 @@ async fn read_all<R: tokio::io::AsyncRead + Unpin>(
 /// because this crate forbids `unsafe` and so calls no libc.
 pub(crate) fn kill_group(pid: Option<u32>) {
     if let Some(pid) = pid {
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", "--", &format!("-{pid}")])
-            .stderr(Stdio::null())
-            .status();
+        signal_group("-KILL", pid);
     }
+}
+
+/// Sends `signal` (`-TERM`, `-KILL`) to the process group `pid` leads.
+fn signal_group(signal: &str, pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args([signal, "--", &format!("-{pid}")])
+        .stderr(Stdio::null())
+        .status();
 }

@@ -12,8 +12,10 @@ use clap::{Args, ValueEnum};
 /// Where the agent runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SandboxKind {
-    /// A network-isolated sandbox made with Linux namespaces on this machine.
-    Netns,
+    /// A bubblewrap sandbox on this machine: its own namespaces (user, mount, network,
+    /// PID, IPC, UTS), a read-only /usr, a private workdir and /tmp, no host files.
+    #[value(name = "bwrap", alias = "netns")]
+    Bwrap,
     /// No sandbox: this machine's `sh` (for development; the agent can reach the network).
     Local,
     /// Any exec prefix (`--exec 'docker exec -i BOX'`, `--exec 'ssh -T HOST'`, ...).
@@ -40,15 +42,23 @@ pub enum TransportArg {
 #[derive(Debug, Clone, Args)]
 pub struct SandboxArgs {
     /// Kind of sandbox.
-    #[arg(long, value_enum, default_value = "netns")]
+    #[arg(long, value_enum, default_value = "bwrap")]
     pub sandbox: SandboxKind,
     /// Exec prefix for `--sandbox exec`, e.g. 'docker exec -i BOX'.
     #[arg(long, value_name = "PREFIX")]
     pub exec: Option<String>,
     /// Working directory inside the sandbox (default: a fresh temporary directory for
-    /// netns/local, /tmp/paperclip-bridge for exec).
+    /// bwrap/local, /tmp/paperclip-bridge for exec).
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<PathBuf>,
+    /// Show this host path to the agent, read-only, at the same path (repeatable; bwrap
+    /// only). By default the agent sees /usr, a few /etc files and its own directories.
+    #[arg(long = "ro-bind", value_name = "PATH")]
+    pub ro_bind: Vec<PathBuf>,
+    /// Show this host path to the agent, writable, at the same path (repeatable; bwrap
+    /// only). Whatever is there is the agent's to read and change.
+    #[arg(long = "bind", value_name = "PATH")]
+    pub bind: Vec<PathBuf>,
 }
 
 /// The upstream API and the real credential.

@@ -36,9 +36,11 @@ pub async fn demo(args: DemoArgs, mut shutdown: Shutdown) -> Result<ExitCode> {
         upstream.url()
     );
     let sandbox = Sandbox::open(&SandboxArgs {
-        sandbox: SandboxKind::Netns,
+        sandbox: SandboxKind::Bwrap,
         exec: None,
         workdir: None,
+        ro_bind: Vec::new(),
+        bind: Vec::new(),
     })
     .await?;
     println!(

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use bridge_host::runner::{CommandRunner, LocalRunner, NetnsSandbox, Runner};
+use bridge_host::runner::{BwrapSandbox, CommandRunner, LocalRunner, Mounts, Runner};
 
 use crate::args::{SandboxArgs, SandboxKind};
 
@@ -14,25 +14,32 @@ pub struct Sandbox {
     pub runner: Arc<dyn Runner>,
     /// The bridge's directory inside the sandbox.
     pub workdir: PathBuf,
-    netns: Option<Arc<NetnsSandbox>>,
+    bwrap: Option<Arc<BwrapSandbox>>,
     /// A host directory we made and must remove.
     host_dir: Option<PathBuf>,
 }
 
 impl Sandbox {
     pub async fn open(args: &SandboxArgs) -> Result<Self> {
+        let binds = !args.ro_bind.is_empty() || !args.bind.is_empty();
+        if binds && args.sandbox != SandboxKind::Bwrap {
+            bail!("--ro-bind and --bind apply to --sandbox bwrap only (the other sandboxes show the agent what they show it)");
+        }
         match args.sandbox {
-            SandboxKind::Netns => {
+            SandboxKind::Bwrap => {
                 let (workdir, made) = workdir_or_temp(args.workdir.clone())?;
-                let netns = NetnsSandbox::create(&workdir).await.context(
-                    "creating the network-isolated sandbox (needs `unshare` and `nsenter` \
-                     from util-linux and unprivileged user namespaces)",
-                )?;
-                let netns = Arc::new(netns);
+                let mounts = Mounts {
+                    read_only: args.ro_bind.clone(),
+                    writable: args.bind.clone(),
+                };
+                let sandbox = BwrapSandbox::create_with(&workdir, &mounts)
+                    .await
+                    .context("creating the local sandbox (bubblewrap)")?;
+                let sandbox = Arc::new(sandbox);
                 Ok(Self {
-                    runner: netns.clone(),
+                    runner: sandbox.clone(),
                     workdir,
-                    netns: Some(netns),
+                    bwrap: Some(sandbox),
                     host_dir: made,
                 })
             }
@@ -41,7 +48,7 @@ impl Sandbox {
                 Ok(Self {
                     runner: Arc::new(LocalRunner),
                     workdir,
-                    netns: None,
+                    bwrap: None,
                     host_dir: made,
                 })
             }
@@ -57,17 +64,17 @@ impl Sandbox {
                         .workdir
                         .clone()
                         .unwrap_or_else(|| PathBuf::from("/tmp/paperclip-bridge")),
-                    netns: None,
+                    bwrap: None,
                     host_dir: None,
                 })
             }
         }
     }
 
-    /// Destroys what `open` made (the namespace holder and our temporary directory).
+    /// Destroys what `open` made (the sandbox and our temporary directory).
     pub async fn close(self) {
-        if let Some(netns) = self.netns {
-            netns.destroy().await;
+        if let Some(sandbox) = self.bwrap {
+            sandbox.destroy().await;
         }
         if let Some(dir) = self.host_dir {
             if let Err(e) = std::fs::remove_dir_all(&dir) {
