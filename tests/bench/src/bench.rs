@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bridge_host::deploy::{Bridge, BridgeConfig, BridgeHandle};
 use bridge_host::proxy::{Secret, Upstream};
-use bridge_host::runner::{BwrapSandbox, DelayRunner, Exec, LocalRunner, Runner};
+use bridge_host::runner::{BwrapSandbox, DelayRunner, Exec, LocalRunner, Mounts, Runner};
 use bridge_host::transport::TransportKind;
 use clap::Args;
 use serde_json::{json, Value};
@@ -101,11 +101,15 @@ async fn run_cell(args: &BenchArgs, cell: &Cell) -> Result<Value> {
         rand_suffix()
     ));
     std::fs::create_dir_all(&dir)?;
+    let mut sandbox_ms = None;
     let (runner, netns): (Arc<dyn Runner>, Option<Arc<BwrapSandbox>>) =
         if cell.transport == "shared-fs" {
             (Arc::new(LocalRunner), None)
         } else {
-            let sandbox = Arc::new(BwrapSandbox::create(&dir).await?);
+            let made = Instant::now();
+            let sandbox =
+                Arc::new(BwrapSandbox::create_with(&dir, &crate::bench::load_mounts()?).await?);
+            sandbox_ms = Some(made.elapsed().as_secs_f64() * 1000.0);
             (
                 Arc::new(DelayRunner::new(
                     sandbox.clone(),
@@ -137,7 +141,10 @@ async fn run_cell(args: &BenchArgs, cell: &Cell) -> Result<Value> {
     let started = Instant::now();
     let bridge = Bridge::start(runner.clone(), config).await?;
     let startup_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let result = measure(args, cell, &runner, &bridge, &dir, startup_ms).await;
+    let mut result = measure(args, cell, &runner, &bridge, &dir, startup_ms).await;
+    if let Ok(row) = &mut result {
+        row["sandbox_ms"] = json!(sandbox_ms);
+    }
     bridge.stop().await?;
     if let Some(sandbox) = netns {
         sandbox.destroy().await;
@@ -201,6 +208,16 @@ async fn measure(
         "session_rss_loaded_kib": session.map(|_| helper_loaded),
         "host_rss_kib": rss_kib(std::process::id()), "startup_ms": startup_ms,
     }))
+}
+
+/// The sandbox shows the load generator (this very binary) read-only: it is a host file.
+pub(crate) fn load_mounts() -> Result<Mounts> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("the bench binary has no directory")?;
+    Ok(Mounts {
+        read_only: vec![dir.to_path_buf()],
+        ..Mounts::default()
+    })
 }
 
 /// Runs the load generator inside the sandbox as an agent and returns its JSON.
@@ -294,8 +311,8 @@ fn cores() -> usize {
 }
 
 fn print_table(rows: &[Value]) {
-    println!("| transport | d | u | seq p50 / p95 / p99 (ms) | c=16 req/s | c=16 p50 / p99 (ms) | execs/req seq | execs/req c=16 | idle execs/s | gateway RSS idle / loaded | session RSS loaded | host RSS | start-up |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| transport | d | u | seq p50 / p95 / p99 (ms) | c=16 req/s | c=16 p50 / p99 (ms) | execs/req seq | execs/req c=16 | idle execs/s | gateway RSS idle / loaded | session RSS loaded | host RSS | start-up | sandbox start |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         let idle = r["idle_execs_per_s"]
@@ -306,12 +323,16 @@ fn print_table(rows: &[Value]) {
             .as_f64()
             .map(|v| format!("{:.1} MiB", v / 1024.0))
             .unwrap_or_else(|| "-".into());
+        let sandbox = r["sandbox_ms"]
+            .as_f64()
+            .map(|v| format!("{v:.0} ms"))
+            .unwrap_or_else(|| "-".into());
         println!(
-            "| {} | {} ms | {} ms | {:.1} / {:.1} / {:.1} | {:.0} | {:.1} / {:.1} | {:.2} | {:.2} | {} | {:.1} / {:.1} MiB | {} | {:.1} MiB | {:.0} ms |",
+            "| {} | {} ms | {} ms | {:.1} / {:.1} / {:.1} | {:.0} | {:.1} / {:.1} | {:.2} | {:.2} | {} | {:.1} / {:.1} MiB | {} | {:.1} MiB | {:.0} ms | {} |",
             r["transport"].as_str().unwrap_or("?"), r["d_ms"], r["u_ms"],
             f("seq_p50_ms"), f("seq_p95_ms"), f("seq_p99_ms"), f("c16_req_per_s"), f("c16_p50_ms"), f("c16_p99_ms"),
             f("execs_per_req_seq"), f("execs_per_req_c16"), idle,
-            f("gateway_rss_idle_kib") / 1024.0, f("gateway_rss_loaded_kib") / 1024.0, session, f("host_rss_kib") / 1024.0, f("startup_ms"),
+            f("gateway_rss_idle_kib") / 1024.0, f("gateway_rss_loaded_kib") / 1024.0, session, f("host_rss_kib") / 1024.0, f("startup_ms"), sandbox,
         );
     }
 }

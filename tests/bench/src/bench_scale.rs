@@ -47,7 +47,8 @@ async fn run(args: &BenchArgs, n: usize) -> Result<Value> {
     for i in 0..n {
         let dir = root.join(i.to_string());
         std::fs::create_dir_all(&dir)?;
-        let sandbox = Arc::new(BwrapSandbox::create(&dir).await?);
+        let sandbox =
+            Arc::new(BwrapSandbox::create_with(&dir, &crate::bench::load_mounts()?).await?);
         let client = api.for_run(Secret::new("scale-key".into()), Some(format!("run-{i}")));
         let config = BridgeConfig::new(args.gateway_bin.clone(), dir.clone(), client);
         let bridge = Bridge::start(sandbox.clone(), config).await?;
