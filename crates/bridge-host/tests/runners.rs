@@ -443,6 +443,39 @@ async fn wait_gone(pid: u32) {
 }
 
 #[tokio::test]
+async fn an_exec_prefix_keeps_the_hosts_environment_and_the_script_gets_none_of_it() {
+    // A host tool that refuses to work without its host variable (as kubectl without
+    // KUBECONFIG), and reports whether a hidden one reached it.
+    std::env::set_var("PCB_TEST_TOOL_CONFIG", "host-config-1");
+    std::env::set_var("PCB_TEST_HIDDEN", "hidden-1");
+    let tool = r#"[ "$PCB_TEST_TOOL_CONFIG" = host-config-1 ] || { echo "no tool config" >&2; exit 42; }
+echo "hidden=${PCB_TEST_HIDDEN:-unset}" >&2
+exec "$@""#;
+    let runner = CommandRunner::new(vec!["sh".into(), "-c".into(), tool.into(), "tool".into()])
+        .unwrap()
+        .hide_env("PCB_TEST_HIDDEN");
+    let out = runner
+        .exec(Exec::new("env", T).env("PASSED_VAR", "passed-1"))
+        .await
+        .unwrap();
+    let env = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.success(), "{env} {}", out.stderr_text());
+    assert_eq!(out.stderr_text().trim(), "hidden=unset");
+    assert!(env.contains("PASSED_VAR=passed-1"), "{env}");
+    assert!(
+        !env.contains("PCB_TEST_"),
+        "a host variable reached the script: {env}"
+    );
+    let names: Vec<&str> = env.lines().filter_map(|l| l.split('=').next()).collect();
+    for name in names {
+        assert!(
+            ["PATH", "LANG", "PASSED_VAR", "PWD", "SHLVL", "_", "OLDPWD"].contains(&name),
+            "unexpected variable {name} in {env}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_exec_prefix_keeps_odd_values_and_binary_stdin_intact() {
     let runner = CommandRunner::new(vec!["env".into(), "--".into()]).unwrap();
     let odd = "it's \"two\"\nlines $(echo not run) `x` \\ end";

@@ -56,7 +56,16 @@ fn local_sh(script: &str, cwd: Option<&std::path::Path>, env: Vec<(String, Strin
 #[derive(Debug, Clone)]
 pub struct CommandRunner {
     prefix: Vec<String>,
+    /// Host variables removed from the prefix program's environment.
+    hidden: Vec<String>,
 }
+
+/// The whole environment a script starts with on the far side of a prefix (then the
+/// variables of [`Exec::env`] are added from stdin).
+const FAR_ENV: [&str; 2] = [
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG=C.UTF-8",
+];
 
 /// The prelude that reads the environment block from stdin, then runs the script.
 ///
@@ -79,7 +88,10 @@ impl CommandRunner {
         if prefix.is_empty() {
             return Err(RunnerError::Invalid("the exec prefix is empty".into()));
         }
-        Ok(Self { prefix })
+        Ok(Self {
+            prefix,
+            hidden: Vec::new(),
+        })
     }
 
     /// Splits a prefix written as one string, honouring single and double quotes.
@@ -87,9 +99,29 @@ impl CommandRunner {
         Self::new(split_words(prefix)?)
     }
 
+    /// `<prefix...> env -i PATH=.. LANG=.. sh -c <script>`. The prefix is a host tool
+    /// (`kubectl` needs KUBECONFIG, `ssh` SSH_AUTH_SOCK, `docker` DOCKER_HOST), so it keeps
+    /// this process's environment; the environment is cleared on the far side, inside the
+    /// sandbox, so no host variable reaches the script.
     fn command(&self, script: String) -> Command {
-        let prefix: Vec<&str> = self.prefix.iter().map(String::as_str).collect();
-        sh_command(&prefix, script)
+        let mut command = Command::new(&self.prefix[0]);
+        command
+            .args(&self.prefix[1..])
+            .args(["env", "-i"])
+            .args(FAR_ENV)
+            .args(["sh", "-c"])
+            .arg(script);
+        for name in &self.hidden {
+            command.env_remove(name);
+        }
+        command
+    }
+
+    /// Keeps the host variable `name` from the prefix program too (the bridge hides the
+    /// variable holding the real key: no provider's client needs it).
+    pub fn hide_env(mut self, name: &str) -> Self {
+        self.hidden.push(name.to_owned());
+        self
     }
 }
 

@@ -56,8 +56,10 @@ impl Sandbox {
                 let Some(prefix) = &args.exec else {
                     bail!("--sandbox exec needs --exec PREFIX (e.g. --exec 'docker exec -i BOX')");
                 };
-                let runner =
-                    CommandRunner::parse(prefix).with_context(|| format!("--exec {prefix:?}"))?;
+                let runner = CommandRunner::parse(prefix)
+                    .with_context(|| format!("--exec {prefix:?}"))?
+                    // Paperclip's variable for the real key: no provider's client needs it.
+                    .hide_env("PAPERCLIP_API_KEY");
                 Ok(Self {
                     runner: Arc::new(runner),
                     workdir: args

@@ -40,8 +40,10 @@ pub struct WorkerArgs {
 pub async fn worker(args: WorkerArgs, mut shutdown: Shutdown) -> Result<ExitCode> {
     let (kind, runner): (_, Arc<dyn Runner>) = match (&args.exec, args.shared_fs) {
         (Some(prefix), false) => {
-            let runner =
-                CommandRunner::parse(prefix).with_context(|| format!("--exec {prefix:?}"))?;
+            let runner = CommandRunner::parse(prefix)
+                .with_context(|| format!("--exec {prefix:?}"))?
+                // Paperclip's variable for the real key: no provider's client needs it.
+                .hide_env("PAPERCLIP_API_KEY");
             (TransportKind::Posix, Arc::new(runner))
         }
         (None, true) => (TransportKind::SharedFs, Arc::new(LocalRunner)),
