@@ -160,7 +160,9 @@ impl Bridge {
         let token = new_token();
         let ready =
             start_gateway(runner.as_ref(), &config, &queue_dir, &remote_binary, &token).await?;
-        tracing::info!(url = %ready.base_url, pid = ready.pid, "gateway ready");
+        // ready.json is the sandbox's word.
+        let url = bridge_protocol::shown(&ready.base_url);
+        tracing::info!(url = %url, pid = ready.pid, "gateway ready");
         let mut kind = config.transport;
         if kind == TransportKind::Stream && !runner.capabilities().streaming {
             tracing::info!(

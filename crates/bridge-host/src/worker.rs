@@ -12,13 +12,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bridge_protocol::codec::envelope_limit;
+use bridge_protocol::ops::MAX_REPLY_ITEMS;
+use bridge_protocol::{shown, shown_error};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::audit::AuditLog;
 use crate::policy::HostPolicy;
 use crate::proxy::Upstream;
-use crate::transport::{PutItem, TakeOptions, Taken, Transport, TransportError};
+use crate::transport::{PutItem, TakeOptions, TakeProblem, Taken, Transport, TransportError};
 
 pub use check::{check, Checked, Refusal};
 
@@ -182,7 +184,7 @@ impl WorkerHandle {
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         if let Err(e) = self.task.await {
-            tracing::error!(error = %e, "the worker task failed");
+            tracing::error!(error = %shown_error(&e), "the worker task failed");
         }
     }
 }
@@ -208,7 +210,8 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
         match taken {
             Ok(batch) => {
                 backoff.reset();
-                for mut incoming in batch {
+                for incoming in batch {
+                    let mut incoming = within_envelope(incoming, opts.envelope_limit);
                     if !recovering {
                         incoming.previously_claimed = false;
                     }
@@ -297,12 +300,13 @@ async fn sweep(shared: &Shared, deliveries: &mpsc::UnboundedSender<Pending>) {
         match shared.transport.take(opts).await {
             Ok(batch) => {
                 for incoming in batch {
+                    let incoming = within_envelope(incoming, opts.envelope_limit);
                     let _ = deliveries.send(respond::stopping(shared, &incoming));
                 }
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "could not list what is still queued");
+                tracing::warn!(error = %shown_error(&e), "could not list what is still queued");
                 tokio::time::sleep(backoff.next()).await;
             }
         }
@@ -329,8 +333,10 @@ async fn deliver_loop(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<Pe
             break;
         };
         // Gathered once a slot is free, so answers ready meanwhile share this call.
+        // No more than one reply may carry (the sandbox answers a put item by item).
         let mut batch = vec![first];
-        while let Ok(p) = queue.try_recv() {
+        while batch.len() < MAX_REPLY_ITEMS {
+            let Ok(p) = queue.try_recv() else { break };
             batch.push(p);
         }
         calls.spawn(deliver_batch(shared.clone(), batch, slot));
@@ -350,7 +356,7 @@ async fn deliver_batch(
         batch.retain(|p| {
             let keep = p.since.elapsed() < give_up_after;
             if !keep {
-                tracing::error!(id = %p.outgoing.id, "giving up delivering an answer: its caller has given up");
+                tracing::error!(id = %shown(&p.outgoing.id), "giving up delivering an answer: its caller has given up");
                 shared.finish(&p.outgoing.id);
             }
             keep
@@ -379,7 +385,7 @@ impl Shared {
     fn transport_failed(&self, what: &str, e: &TransportError, backoff: &mut Backoff) -> Duration {
         self.stats.transport_errors.fetch_add(1, Ordering::Relaxed);
         let wait = backoff.next();
-        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "{what} failed");
+        tracing::warn!(error = %shown_error(e), retry_in_ms = wait.as_millis() as u64, "{what} failed");
         wait
     }
 
@@ -404,13 +410,26 @@ impl Shared {
         let counter = match delivery {
             Delivery::Delivered => &self.stats.delivered,
             Delivery::CallerGone => {
-                tracing::info!(id, "answer dropped: the caller had given up");
+                tracing::info!(id = %shown(id), "answer dropped: the caller had given up");
                 &self.stats.caller_gone
             }
         };
         counter.fetch_add(1, Ordering::Relaxed);
         self.finish(id);
     }
+}
+
+/// `incoming` as the worker may hold it: file bytes over the envelope limit are dropped
+/// at once, whatever the sandbox sent (a take in the sandbox should never have returned
+/// them), and the request is answered 413 like any too-large file.
+fn within_envelope(mut incoming: Taken, limit: usize) -> Taken {
+    if let Ok(bytes) = &incoming.file {
+        if bytes.len() > limit {
+            let size = bytes.len() as u64;
+            incoming.file = Err(TakeProblem::TooLarge { size });
+        }
+    }
+    incoming
 }
 
 /// Doubling backoff with a cap.

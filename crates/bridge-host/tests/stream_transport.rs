@@ -1,6 +1,7 @@
 //! The streaming transport when its session misbehaves: an old gateway without `session`,
 //! a session that stops answering, one that prints garbage, and the latency injector's
-//! streams. Each failure is a clear, bounded error, and the next call starts afresh.
+//! streams, and an attacker's session program (replies longer or with more items than the
+//! host asked for). Each failure is a clear, bounded error, and the next call starts afresh.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,12 +9,15 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bridge_host::runner::{DelayRunner, LocalRunner};
+use bridge_host::runner::{DelayRunner, LocalRunner, MemoryRunner};
 use bridge_host::transport::{PutItem, StreamTransport, TakeOptions, Transport, TransportError};
 use common::*;
+use tokio::io::{AsyncBufReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader};
 
 /// A stand-in gateway binary: a shell script.
 fn fake_binary(dir: &Path, script: &str) -> PathBuf {
@@ -194,4 +198,139 @@ async fn a_session_that_stops_reading_cannot_block_a_put() {
         .await
         .expect("the put's write was not bounded");
     assert!(matches!(put, Err(TransportError::TimedOut(_))), "{put:?}");
+}
+
+/// The stream transport's session script (as `transport::stream` sends it).
+const SESSION_SCRIPT: &str = r#"exec "$BIN" session --queue-dir "$Q""#;
+
+/// A sandbox whose session program is the attacker's: it greets, reads one command, then
+/// runs `reply` on its stdout; `starts` counts the sessions opened.
+fn rogue<F, Fut>(reply: F) -> (StreamTransport, Arc<AtomicUsize>)
+where
+    F: Fn(Pin<Box<dyn AsyncWrite + Send>>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let starts = Arc::new(AtomicUsize::new(0));
+    let counted = starts.clone();
+    let runner = MemoryRunner::new().with_program(SESSION_SCRIPT, move |mut run| {
+        let (reply, starts) = (reply.clone(), counted.clone());
+        async move {
+            starts.fetch_add(1, Ordering::Relaxed);
+            let _ = run.stdout.write_all(b"{\"session\":1}\n").await;
+            let mut command = String::new();
+            let _ = BufReader::new(run.stdin).read_line(&mut command).await;
+            reply(run.stdout).await;
+            0
+        }
+    });
+    let t = StreamTransport::new(
+        Arc::new(runner),
+        PathBuf::from("/nowhere"),
+        PathBuf::from("gateway"),
+        Duration::from_secs(5),
+    );
+    (t, starts)
+}
+
+/// A take asking for little: 1 KiB batches and envelopes, no wait.
+fn small_take() -> TakeOptions {
+    TakeOptions {
+        max_batch_bytes: 1024,
+        envelope_limit: 1024,
+        ..take_opts()
+    }
+}
+
+#[tokio::test]
+async fn one_endless_reply_line_is_refused_without_buffering_beyond_its_bound() {
+    let written = Arc::new(AtomicUsize::new(0));
+    let sent = written.clone();
+    let (t, starts) = rogue(move |mut out| {
+        let sent = sent.clone();
+        async move {
+            let _ = out.write_all(br#"{"seq":1,"taken":["#).await;
+            let chunk = b"{},".repeat(1 << 14);
+            // 16 MiB of tiny items, far more than a 1 KiB take may bring back.
+            while sent.load(Ordering::Relaxed) < 16 << 20 {
+                if out.write_all(&chunk).await.is_err() {
+                    return;
+                }
+                sent.fetch_add(chunk.len(), Ordering::Relaxed);
+            }
+            let _ = out.write_all(b"{}]}\n").await;
+            std::future::pending::<()>().await;
+        }
+    });
+    let started = Instant::now();
+    let err = t.take(small_take()).await.unwrap_err();
+    assert!(
+        matches!(&err, TransportError::Session(why) if why.contains("longer than")),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let read = written.load(Ordering::Relaxed);
+    assert!(
+        read <= 4 << 20,
+        "the host read {read} bytes of one reply line"
+    );
+    assert!(t.take(small_take()).await.is_err());
+    assert_eq!(starts.load(Ordering::Relaxed), 2, "each failure reopens");
+}
+
+#[tokio::test]
+async fn a_reply_of_too_many_items_is_refused() {
+    let (t, starts) = rogue(|mut out| async move {
+        let items = vec![r#"{"id":"a1","claimed":false}"#; 5000].join(",");
+        let line = format!("{{\"seq\":1,\"taken\":[{items}]}}\n");
+        let _ = out.write_all(line.as_bytes()).await;
+        std::future::pending::<()>().await;
+    });
+    let err = t.take(small_take()).await.unwrap_err();
+    assert!(
+        matches!(&err, TransportError::Session(why) if why.contains("more than")),
+        "{err}"
+    );
+    assert!(t.take(small_take()).await.is_err());
+    assert_eq!(starts.load(Ordering::Relaxed), 2, "each failure reopens");
+}
+
+#[tokio::test]
+async fn a_put_reply_longer_than_its_items_allow_is_refused() {
+    let (t, _) = rogue(|mut out| async move {
+        let error = "x".repeat(4 << 20);
+        let line = format!(
+            "{{\"seq\":1,\"put\":[{{\"id\":\"a1\",\"result\":\"failed\",\"error\":\"{error}\"}}]}}\n"
+        );
+        let _ = out.write_all(line.as_bytes()).await;
+        std::future::pending::<()>().await;
+    });
+    let put = PutItem {
+        id: "a1".into(),
+        file: b"{}".to_vec(),
+    };
+    let err = t.deliver(vec![put]).await.unwrap_err();
+    assert!(
+        matches!(&err, TransportError::Session(why) if why.contains("longer than")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_honest_gateway_splits_a_flood_of_requests_into_replies_the_host_accepts() {
+    let dir = queue_dir();
+    for i in 0..1100 {
+        write_request(dir.path(), &format!("f{i:04}"), "{}");
+    }
+    let runner = MemoryRunner::new().with_queue_ops();
+    let t = StreamTransport::new(
+        Arc::new(runner),
+        dir.path().to_path_buf(),
+        PathBuf::from("gateway"),
+        Duration::from_secs(10),
+    );
+    let first = t.take(take_opts()).await.unwrap();
+    assert_eq!(first.len(), 1024, "one reply's worth");
+    let rest = t.take(take_opts()).await.unwrap();
+    assert_eq!(rest.len(), 76);
+    assert_eq!(t.exec_count(), 1, "no failure, no new session");
 }

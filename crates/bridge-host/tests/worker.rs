@@ -322,6 +322,87 @@ impl Transport for Flaky {
     }
 }
 
+/// A transport whose sandbox lies: its first take returns `taken` as they are (however
+/// large), later ones nothing; deliveries are kept for the test.
+#[derive(Debug)]
+struct Lying {
+    taken: std::sync::Mutex<Vec<Taken>>,
+    delivered: std::sync::Mutex<Vec<PutItem>>,
+}
+
+impl Transport for Lying {
+    fn take(&self, opts: TakeOptions) -> BoxFuture<'_, Result<Vec<Taken>, TransportError>> {
+        let batch = std::mem::take(&mut *self.taken.lock().unwrap());
+        Box::pin(async move {
+            if batch.is_empty() {
+                tokio::time::sleep(opts.wait).await;
+            }
+            Ok(batch)
+        })
+    }
+
+    fn deliver(
+        &self,
+        responses: Vec<PutItem>,
+    ) -> BoxFuture<'_, Result<Vec<(String, Delivery)>, TransportError>> {
+        let results = responses
+            .iter()
+            .map(|r| (r.id.clone(), Delivery::Delivered))
+            .collect();
+        self.delivered.lock().unwrap().extend(responses);
+        Box::pin(async move { Ok(results) })
+    }
+
+    fn exec_count(&self) -> u64 {
+        0
+    }
+}
+
+#[tokio::test]
+async fn files_over_the_envelope_are_413_on_any_transport_even_when_claimed_before() {
+    let recorder = Recorder::start().await;
+    let policy = HostPolicy {
+        max_body_bytes: 16,
+        ..HostPolicy::default()
+    };
+    let envelope = bridge_protocol::codec::envelope_limit(policy.max_body_bytes);
+    let big = |id: &str, method: &str| {
+        let body = format!(r#""{}""#, "a".repeat(envelope));
+        request_json(id, method, "/api/issues/i1", "{}", &body).into_bytes()
+    };
+    let taken = |id: &str, method: &str, claimed: bool| Taken {
+        id: id.into(),
+        file: Ok(big(id, method)),
+        previously_claimed: claimed,
+    };
+    let lying = Arc::new(Lying {
+        taken: std::sync::Mutex::new(vec![
+            taken("fresh", "PATCH", false),
+            taken("claimed", "PATCH", true),
+        ]),
+        delivered: std::sync::Mutex::new(Vec::new()),
+    });
+    let worker = Worker::spawn(
+        lying.clone(),
+        upstream(&recorder),
+        Arc::new(policy),
+        config(),
+    );
+    wait_until("both answered", || {
+        lying.delivered.lock().unwrap().len() == 2
+    })
+    .await;
+    worker.stop().await;
+    for put in lying.delivered.lock().unwrap().iter() {
+        let answer: bridge_protocol::ResponseFile = serde_json::from_slice(&put.file).unwrap();
+        assert_eq!(answer.status, 413, "{}", put.id);
+    }
+    assert!(
+        recorder.seen().is_empty(),
+        "nothing over the limit is forwarded"
+    );
+}
+
 #[tokio::test]
 async fn failing_execs_lose_nothing_and_forward_nothing_twice() {
     let recorder = Recorder::start().await;

@@ -28,6 +28,19 @@ pub const MAX_QUEUE_DEPTH: &str = "PAPERCLIP_BRIDGE_MAX_QUEUE_DEPTH";
 /// Request and response body limit in bytes (default [`DEFAULT_MAX_BODY_BYTES`]).
 pub const MAX_BODY_BYTES: &str = "PAPERCLIP_BRIDGE_MAX_BODY_BYTES";
 
+/// Connections the gateway keeps open at once (default [`DEFAULT_MAX_CONNECTIONS`]); at the
+/// cap an idle one is closed for a new one, else the new one is refused at once.
+pub const MAX_CONNECTIONS: &str = "PAPERCLIP_BRIDGE_MAX_CONNECTIONS";
+/// How long a connection may wait for, or take to send, a request head, in milliseconds
+/// (default [`DEFAULT_HEADER_TIMEOUT_MS`]): it bounds a slow head and an idle keep-alive.
+pub const HEADER_TIMEOUT_MS: &str = "PAPERCLIP_BRIDGE_HEADER_TIMEOUT_MS";
+
+/// Default of [`MAX_CONNECTIONS`]: far more than an agent's concurrent calls, well within
+/// a default file-descriptor limit once it is raised to the hard limit.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// Default of [`HEADER_TIMEOUT_MS`]: ample for a local client's head.
+pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
+
 /// Agent-side: the gateway's base URL (no `/api` suffix).
 pub const AGENT_API_URL: &str = "PAPERCLIP_API_URL";
 /// Agent-side: the bridge token (never the real credential).
@@ -57,6 +70,10 @@ pub struct GatewayConfig {
     pub max_queue_depth: usize,
     /// Largest request or response body in bytes ([`MAX_BODY_BYTES`]).
     pub max_body_bytes: usize,
+    /// Connections open at once ([`MAX_CONNECTIONS`]).
+    pub max_connections: usize,
+    /// Bound for waiting for and reading a request head ([`HEADER_TIMEOUT_MS`]).
+    pub header_timeout: Duration,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -71,6 +88,8 @@ impl std::fmt::Debug for GatewayConfig {
             .field("response_timeout", &self.response_timeout)
             .field("max_queue_depth", &self.max_queue_depth)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_connections", &self.max_connections)
+            .field("header_timeout", &self.header_timeout)
             .finish()
     }
 }
@@ -127,6 +146,18 @@ impl GatewayConfig {
                 0,
                 1 << 30,
             )? as usize,
+            max_connections: number(
+                get(MAX_CONNECTIONS),
+                MAX_CONNECTIONS,
+                DEFAULT_MAX_CONNECTIONS as u64,
+                1,
+                1 << 20,
+            )? as usize,
+            header_timeout: millis(
+                get(HEADER_TIMEOUT_MS),
+                HEADER_TIMEOUT_MS,
+                DEFAULT_HEADER_TIMEOUT_MS,
+            )?,
         })
     }
 }
@@ -184,6 +215,8 @@ mod tests {
         assert_eq!(c.response_timeout, Duration::from_secs(30));
         assert_eq!(c.max_queue_depth, 64);
         assert_eq!(c.max_body_bytes, 10_551_296);
+        assert_eq!(c.max_connections, 512);
+        assert_eq!(c.header_timeout, Duration::from_secs(10));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod layout;
 pub mod ops;
 pub mod path;
 pub mod policy;
+pub mod shown;
 pub mod time;
 pub mod token;
 pub mod wire;
@@ -20,6 +21,7 @@ pub use codec::{BodyEncoding, CodecError};
 pub use layout::QueueLayout;
 pub use path::{canonicalize_path, CanonicalPath, PathRejection};
 pub use policy::{is_safe_method, RouteAllowlist};
+pub use shown::{shown, shown_error, Shown};
 pub use wire::{ReadyFile, RequestFile, ResponseFile};
 
 /// Name of the header that marks an answer whose upstream outcome is unknown.

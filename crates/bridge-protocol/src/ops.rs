@@ -11,8 +11,9 @@
 //! - `session` prints [`HELLO`], then reads [`CommandLine`]s and answers each take or put
 //!   with a [`ReplyLine`] carrying the same `seq` (replies may come in any order).
 //!
-//! Whatever the sandbox sends is untrusted: parsing never panics, lines are bounded by the
-//! reader ([`MAX_REPLY_LINE`]), taken items with an invalid id are dropped, and file bytes
+//! Whatever the sandbox sends is untrusted: parsing never panics, a reply line is bounded
+//! by what its command asked for ([`reply_line_limit`]) and its items by
+//! [`MAX_REPLY_ITEMS`], taken items with an invalid id are dropped, and file bytes
 //! travel as canonical base64.
 
 use std::time::Duration;
@@ -25,9 +26,43 @@ use crate::layout;
 /// The first line a session prints; its number is the session wire's version.
 pub const HELLO: &str = r#"{"session":1}"#;
 
-/// Longest line the host reads from a sandbox's `take` or session. A take reply is bounded
-/// by the batch and envelope limits (in base64), far below this.
-pub const MAX_REPLY_LINE: usize = 256 * 1024 * 1024;
+/// Most items one reply carries (a take's requests, a put's results): the gateway stops a
+/// batch there, the worker puts no more at once, and the host refuses a reply with more,
+/// before it allocates them (a line of tiny items would otherwise cost far more memory
+/// than its bytes).
+pub const MAX_REPLY_ITEMS: usize = 1024;
+
+/// Bytes one reply item may take beyond its file's base64: the id, the keys, a claim flag,
+/// a size, a put's error message.
+pub const REPLY_ITEM_BYTES: usize = 1024;
+
+/// Bytes a reply line may take beyond its items: `seq`, the keys, an error reply's message.
+pub const REPLY_ENVELOPE_BYTES: usize = 64 * 1024;
+
+/// Longest reply line the host reads for `command`: what it asked for, no more. A take
+/// returns at most `max_batch_bytes` of files, or one file of at most `envelope_limit`
+/// (their sum bounds both), in base64, plus [`MAX_REPLY_ITEMS`] items' overhead; a put's
+/// reply is one short result per item put.
+pub fn reply_line_limit(command: &Command) -> usize {
+    let items = match command {
+        Command::Take(opts) => {
+            let files = opts.max_batch_bytes.saturating_add(opts.envelope_limit);
+            return base64_len(files)
+                .saturating_add(MAX_REPLY_ITEMS.saturating_mul(REPLY_ITEM_BYTES))
+                .saturating_add(REPLY_ENVELOPE_BYTES);
+        }
+        Command::Put(items) => items.len().min(MAX_REPLY_ITEMS),
+        Command::Cancel(_) => 0,
+    };
+    items
+        .saturating_mul(REPLY_ITEM_BYTES)
+        .saturating_add(REPLY_ENVELOPE_BYTES)
+}
+
+/// Length of `n` bytes in padded base64.
+fn base64_len(n: usize) -> usize {
+    n.div_ceil(3).saturating_mul(4)
+}
 
 /// What one take should return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,19 +173,82 @@ pub enum Reply {
     /// The requests a take claimed, oldest first (items with an invalid id are dropped).
     Taken(#[serde(deserialize_with = "valid_taken")] Vec<Taken>),
     /// One result per put item, in order.
-    Put(Vec<PutResult>),
+    Put(#[serde(deserialize_with = "bounded_results")] Vec<PutResult>),
     /// The command could not be carried out (or read: then `seq` is 0).
     Error(String),
 }
 
-/// One reply line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One reply line. Read by hand ([`ReplyLineVisitor`]), not through `flatten`, which would
+/// buffer a whole reply before any bound on its items could apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReplyLine {
     /// The `seq` of the command this answers.
     pub seq: u64,
     /// The answer.
     #[serde(flatten)]
     pub reply: Reply,
+}
+
+impl<'de> Deserialize<'de> for ReplyLine {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(ReplyLineVisitor)
+    }
+}
+
+/// Reads `{"seq":N}` plus exactly one of `taken`, `put`, `error`; other keys are ignored.
+struct ReplyLineVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ReplyLineVisitor {
+    type Value = ReplyLine;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a reply line")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ReplyLine, A::Error> {
+        use serde::de::Error as _;
+        let (mut seq, mut reply) = (None, None);
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let value = match key.as_ref() {
+                "seq" => {
+                    seq = Some(map.next_value::<u64>()?);
+                    continue;
+                }
+                "taken" => Reply::Taken(map.next_value::<TakenItems>()?.0),
+                "put" => Reply::Put(map.next_value::<PutResults>()?.0),
+                "error" => Reply::Error(map.next_value()?),
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            if reply.replace(value).is_some() {
+                return Err(A::Error::custom("a reply line with more than one reply"));
+            }
+        }
+        Ok(ReplyLine {
+            seq: seq.ok_or_else(|| A::Error::missing_field("seq"))?,
+            reply: reply.ok_or_else(|| A::Error::custom("a reply line with no reply"))?,
+        })
+    }
+}
+
+/// A reply's taken items (bounded, invalid ones dropped).
+struct TakenItems(Vec<Taken>);
+
+impl<'de> Deserialize<'de> for TakenItems {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        valid_taken(deserializer).map(Self)
+    }
+}
+
+/// A reply's put results (bounded).
+struct PutResults(Vec<PutResult>);
+
+impl<'de> Deserialize<'de> for PutResults {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        bounded_results(deserializer).map(Self)
+    }
 }
 
 /// Why a line could not be read.
@@ -264,11 +362,53 @@ impl TryFrom<TakenWire> for Taken {
 /// Taken items, dropping those without a valid id or claim flag (the rest of the batch
 /// still counts).
 fn valid_taken<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Taken>, D::Error> {
-    let items = Vec::<serde_json::Value>::deserialize(deserializer)?;
+    let items = deserializer.deserialize_seq(Bounded::<serde_json::Value>::new())?;
     Ok(items
         .into_iter()
         .filter_map(|item| Taken::deserialize(item).ok())
         .collect())
+}
+
+/// Put results, at most [`MAX_REPLY_ITEMS`].
+fn bounded_results<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PutResult>, D::Error> {
+    d.deserialize_seq(Bounded::new())
+}
+
+/// A JSON array of at most [`MAX_REPLY_ITEMS`] `T`s: one more is an error as soon as it
+/// starts, so a reply of countless tiny items allocates no more than the bound.
+struct Bounded<T>(std::marker::PhantomData<T>);
+
+impl<T> Bounded<T> {
+    fn new() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Bounded<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "an array of at most {MAX_REPLY_ITEMS} items")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let mut items = Vec::new();
+        loop {
+            if items.len() == MAX_REPLY_ITEMS {
+                // One more element, even an unreadable one, is over the bound.
+                return match seq.next_element::<serde::de::IgnoredAny>()? {
+                    None => Ok(items),
+                    Some(_) => Err(serde::de::Error::custom(format!(
+                        "a reply of more than {MAX_REPLY_ITEMS} items"
+                    ))),
+                };
+            }
+            match seq.next_element()? {
+                Some(item) => items.push(item),
+                None => return Ok(items),
+            }
+        }
+    }
 }
 
 /// The wire form of [`PutResult`].

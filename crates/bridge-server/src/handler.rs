@@ -99,8 +99,9 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let span = tracing::info_span!(
         "request",
         id = %id,
-        method = %request.method(),
-        path = %request.uri().path()
+        // The agent's own words: bounded and escaped like everything from the sandbox.
+        method = %bridge_protocol::shown(request.method().as_str()),
+        path = %bridge_protocol::shown(request.uri().path())
     );
     async move {
         let started = std::time::Instant::now();

@@ -9,6 +9,7 @@
 
 mod body;
 pub mod cli;
+pub mod fdlimit;
 mod handler;
 pub mod ops;
 mod queue;

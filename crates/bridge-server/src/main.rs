@@ -21,6 +21,8 @@ fn main() -> ExitCode {
     }
     // Logs go to stderr (the deployer appends them to `logs/bridge.log`).
     bridge_server::init_tracing();
+    // Before any connection: a flood should meet the connection cap, not EMFILE.
+    bridge_server::fdlimit::raise_and_log();
     let config = match GatewayConfig::from_lookup(|name| std::env::var(name).ok()) {
         Ok(config) => config,
         Err(e) => {

@@ -71,14 +71,16 @@ pub(crate) fn from_response_file(
             (Ok(name), Ok(value)) => {
                 response.headers_mut().append(name, value);
             }
-            _ => tracing::warn!(header = %name, "skipping an invalid response header"),
+            _ => {
+                tracing::warn!(header = %bridge_protocol::shown(name), "skipping an invalid response header")
+            }
         }
     }
     Ok(response)
 }
 
 fn bad_gateway(why: String) -> Refusal {
-    tracing::warn!(why, "bad response file");
+    tracing::warn!(why = %bridge_protocol::shown(&why), "bad response file");
     Refusal::BadGateway(why)
 }
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bridge_protocol::ops::{self, PutResult};
+use bridge_protocol::ops::{self, PutResult, MAX_REPLY_ITEMS};
 
 use super::{Deliveries, Execs, PutItem, TakeOptions, Taken, Transport, TransportError};
 use crate::runner::{BoxFuture, Exec, ExecOutput, Runner};
@@ -59,6 +59,11 @@ impl Transport for OneShotTransport {
                 .env("WAIT_MS", opts.wait.as_millis().to_string());
             let out = self.exec(exec).await?;
             let lines = lines(&out.stdout);
+            if lines.len() > MAX_REPLY_ITEMS {
+                return Err(TransportError::Garbled(format!(
+                    "take printed more than {MAX_REPLY_ITEMS} lines"
+                )));
+            }
             let taken: Vec<Taken> = lines
                 .iter()
                 .filter_map(|line| ops::from_line(line).ok())

@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bridge_protocol::ops::{self, Command, CommandLine, Reply, ReplyLine, HELLO, MAX_REPLY_LINE};
+use bridge_protocol::ops::{self, Command, CommandLine, Reply, ReplyLine, HELLO};
+use bridge_protocol::ops::{reply_line_limit, REPLY_ENVELOPE_BYTES};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite};
 use tokio::io::{AsyncWriteExt as _, BufReader};
 use tokio::sync::oneshot;
@@ -32,8 +33,27 @@ pub(super) type Unheard = Arc<dyn Fn(Reply) + Send + Sync>;
 /// can no longer answer.
 #[derive(Debug)]
 enum Waiters {
-    Open(HashMap<u64, oneshot::Sender<Reply>>),
+    Open(HashMap<u64, Waiter>),
     Closed(String),
+}
+
+/// One call waiting for its reply, and the longest reply line its command allows.
+#[derive(Debug)]
+struct Waiter {
+    reply: oneshot::Sender<Reply>,
+    limit: usize,
+}
+
+impl Waiters {
+    /// The longest line the session may send now: the largest any waiting call allows
+    /// (a stray line, say an error for an unreadable command, gets the envelope's bytes).
+    fn line_limit(&self) -> usize {
+        match self {
+            Waiters::Open(map) => map.values().map(|w| w.limit).max(),
+            Waiters::Closed(_) => None,
+        }
+        .unwrap_or(REPLY_ENVELOPE_BYTES)
+    }
 }
 
 /// The session's stdin, shared by calls and cancellations.
@@ -71,7 +91,8 @@ impl Session {
         let stderr_tail = Arc::new(Mutex::new(String::new()));
         let stderr_task = tokio::spawn(keep_tail(stderr, stderr_tail.clone()));
         let mut stdout = BufReader::new(stdout);
-        let hello = tokio::time::timeout(bound, read_line(&mut stdout, MAX_REPLY_LINE)).await;
+        let hello = read_line(&mut stdout, &|| HELLO.len());
+        let hello = tokio::time::timeout(bound, hello).await;
         if !matches!(&hello, Ok(Ok(Some(line))) if line == HELLO.as_bytes()) {
             process.kill();
             // Let the stderr reader catch what the session said before it died.
@@ -112,8 +133,14 @@ impl Session {
     ) -> Result<Sent, TransportError> {
         let seq = session.next_seq.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
+        // Registered before the command is written, so the reader allows for its reply
+        // before the reply's first byte can arrive.
+        let waiter = Waiter {
+            reply: tx,
+            limit: reply_line_limit(&command),
+        };
         match &mut *session.lock_waiters() {
-            Waiters::Open(map) => map.insert(seq, tx),
+            Waiters::Open(map) => map.insert(seq, waiter),
             Waiters::Closed(why) => return Err(TransportError::Session(why.clone())),
         };
         // A take given up on (a stopping worker drops it) must not keep the session's
@@ -293,22 +320,36 @@ async fn route_replies<R: AsyncBufRead + Unpin>(
     unheard: Unheard,
     stderr_tail: Arc<Mutex<String>>,
 ) {
+    let limit = || {
+        waiters
+            .lock()
+            .map_or(REPLY_ENVELOPE_BYTES, |w| w.line_limit())
+    };
     let why = loop {
-        let line = match read_line(&mut stdout, MAX_REPLY_LINE).await {
+        let line = match read_line(&mut stdout, &limit).await {
             Ok(Some(line)) => line,
             Ok(None) => break "the session ended".to_owned(),
             Err(e) => break format!("reading the session failed: {e}"),
         };
-        let Ok(ReplyLine { seq, reply }) = ops::from_line(&line) else {
-            break "the session sent an unreadable line".to_owned();
+        let ReplyLine { seq, reply } = match ops::from_line(&line) {
+            Ok(parsed) => parsed,
+            Err(e) => break format!("the session sent an unreadable line: {e}"),
         };
         let waiter = match waiters.lock().as_deref_mut() {
             Ok(Waiters::Open(map)) => map.remove(&seq),
             _ => None,
         };
         match waiter {
+            // Read under the largest waiting bound; this command's own may be smaller.
+            Some(waiter) if line.len() > waiter.limit => {
+                break format!(
+                    "a reply of {} bytes, over its {} byte bound",
+                    line.len(),
+                    waiter.limit
+                );
+            }
             Some(waiter) => {
-                if let Err(reply) = waiter.send(reply) {
+                if let Err(reply) = waiter.reply.send(reply) {
                     unheard(reply);
                 }
             }
@@ -337,10 +378,12 @@ fn close(waiters: &Mutex<Waiters>, why: String) {
     }
 }
 
-/// One line without its newline; `None` at the end. Longer than `limit` is an error.
+/// One line without its newline; `None` at the end. Longer than `limit()` (asked as the
+/// line grows: a command sent meanwhile may allow more) is an error, found before more
+/// than one buffer beyond the limit is held.
 async fn read_line<R: AsyncBufRead + Unpin>(
     reader: &mut R,
-    limit: usize,
+    limit: &(dyn Fn() -> usize + Send + Sync),
 ) -> io::Result<Option<Vec<u8>>> {
     let mut line = Vec::new();
     loop {
@@ -348,18 +391,20 @@ async fn read_line<R: AsyncBufRead + Unpin>(
         if buf.is_empty() {
             return Ok((!line.is_empty()).then_some(line));
         }
-        if let Some(end) = buf.iter().position(|&b| b == b'\n') {
-            line.extend_from_slice(&buf[..end]);
-            reader.consume(end + 1);
-            return Ok(Some(line));
-        }
-        let n = buf.len();
-        line.extend_from_slice(buf);
-        reader.consume(n);
-        if line.len() > limit {
+        let (end, found) = match buf.iter().position(|&b| b == b'\n') {
+            Some(end) => (end, true),
+            None => (buf.len(), false),
+        };
+        let limit = limit();
+        if line.len() + end > limit {
             return Err(io::Error::other(format!(
                 "a line longer than {limit} bytes"
             )));
+        }
+        line.extend_from_slice(&buf[..end]);
+        reader.consume(end + usize::from(found));
+        if found {
+            return Ok(Some(line));
         }
     }
 }
@@ -394,22 +439,27 @@ mod tests {
 
     #[tokio::test]
     async fn lines_are_bounded() {
+        let ten = || 10;
         let mut input: &[u8] = b"ab\ncdef\ngh";
         assert_eq!(
-            read_line(&mut input, 10).await.unwrap(),
+            read_line(&mut input, &ten).await.unwrap(),
             Some(b"ab".to_vec())
         );
         assert_eq!(
-            read_line(&mut input, 10).await.unwrap(),
+            read_line(&mut input, &ten).await.unwrap(),
             Some(b"cdef".to_vec())
         );
         assert_eq!(
-            read_line(&mut input, 10).await.unwrap(),
+            read_line(&mut input, &ten).await.unwrap(),
             Some(b"gh".to_vec())
         );
-        assert_eq!(read_line(&mut input, 10).await.unwrap(), None);
+        assert_eq!(read_line(&mut input, &ten).await.unwrap(), None);
         let mut long: &[u8] = &[b'x'; 100];
         let mut long = BufReader::with_capacity(8, &mut long);
-        assert!(read_line(&mut long, 10).await.is_err());
+        assert!(read_line(&mut long, &ten).await.is_err());
+        // Exactly at the limit is fine; one more byte is not.
+        let mut exact: &[u8] = b"0123456789\n01234567890\n";
+        assert!(read_line(&mut exact, &ten).await.unwrap().is_some());
+        assert!(read_line(&mut exact, &ten).await.is_err());
     }
 }

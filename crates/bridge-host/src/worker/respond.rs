@@ -4,7 +4,9 @@
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
+use bridge_protocol::codec::envelope_limit;
 use bridge_protocol::policy::is_safe_method;
+use bridge_protocol::shown;
 use bridge_protocol::wire::{self, Headers, ResponseFile};
 use bridge_protocol::{error_body, indeterminate_body, OUTCOME_HEADER, OUTCOME_INDETERMINATE};
 use tracing::Instrument as _;
@@ -17,14 +19,14 @@ use crate::transport::{PutItem, TakeProblem, Taken};
 
 /// The answer to one request (never fails: every problem becomes an HTTP answer).
 pub(super) async fn answer(shared: &Shared, incoming: Taken) -> Pending {
-    let span = tracing::info_span!("request", id = %incoming.id);
+    let span = tracing::info_span!("request", id = %shown(&incoming.id));
     async {
         let started = Instant::now();
         let outcome = decide(shared, &incoming).await;
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         tracing::info!(
-            method = %outcome.method,
-            path = %outcome.path,
+            method = %shown(&outcome.method),
+            path = %shown(&outcome.path),
             decision = outcome.decision.as_str(),
             status = outcome.file.status,
             upstream_status = outcome.upstream_status,
@@ -177,11 +179,13 @@ fn claimed_unsafe(shared: &Shared, incoming: &Taken) -> Option<Outcome> {
         return None;
     }
     let bytes = incoming.file.as_ref().ok()?;
-    let file: wire::RequestFile = wire::parse(bytes, usize::MAX).ok()?;
+    // Bounded like every read of a request file: an oversized one was never forwarded, so
+    // it is answered as too large, not as possibly applied.
+    let limit = envelope_limit(shared.policy.max_body_bytes);
+    let file: wire::RequestFile = wire::parse(bytes, limit).ok()?;
     if is_safe_method(&file.method) {
         return None;
     }
-    let _ = shared;
     Some(Outcome::indeterminate(
         "the bridge restarted while this request was in flight; it may or may not have been applied",
         &file.method,

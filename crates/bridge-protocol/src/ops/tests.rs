@@ -200,3 +200,51 @@ fn unreadable_commands_keep_their_seq_for_the_error_reply() {
     assert_eq!(seq, 6);
     assert!(matches!(command, Ok(Command::Take(o)) if !o.include_claimed));
 }
+
+#[test]
+fn a_reply_of_more_items_than_the_bound_is_refused() {
+    let item = r#"{"id":"a","claimed":false}"#;
+    let line = |n: usize, key: &str, item: &str| {
+        format!(r#"{{"seq":1,"{key}":[{}]}}"#, vec![item; n].join(","))
+    };
+    let full: ReplyLine = from_line(line(MAX_REPLY_ITEMS, "taken", item).as_bytes()).unwrap();
+    assert!(matches!(full.reply, Reply::Taken(t) if t.len() == MAX_REPLY_ITEMS));
+    let over = line(MAX_REPLY_ITEMS + 1, "taken", item);
+    let err = from_line::<ReplyLine>(over.as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("more than"), "{err}");
+    // Items that would be dropped as invalid still count.
+    assert!(from_line::<ReplyLine>(line(MAX_REPLY_ITEMS + 1, "taken", "{}").as_bytes()).is_err());
+    let result = r#"{"id":"a","result":"delivered"}"#;
+    assert!(from_line::<ReplyLine>(line(MAX_REPLY_ITEMS, "put", result).as_bytes()).is_ok());
+    assert!(from_line::<ReplyLine>(line(MAX_REPLY_ITEMS + 1, "put", result).as_bytes()).is_err());
+}
+
+#[test]
+fn reply_lines_are_bounded_by_what_the_command_asked_for() {
+    let take = Command::Take(take_opts());
+    let small = reply_line_limit(&take);
+    assert!(small < 2 * 1024 * 1024, "{small}");
+    let big = Command::Take(TakeOptions {
+        max_batch_bytes: 16 << 20,
+        envelope_limit: 8 << 20,
+        ..take_opts()
+    });
+    assert!(reply_line_limit(&big) >= (24 << 20) / 3 * 4);
+    let put = |n| {
+        let item = PutItem {
+            id: "a".into(),
+            file: Vec::new(),
+        };
+        reply_line_limit(&Command::Put(vec![item; n]))
+    };
+    assert!(put(1) < put(2));
+    assert_eq!(put(MAX_REPLY_ITEMS), put(MAX_REPLY_ITEMS + 5));
+}
+
+#[test]
+fn a_reply_line_needs_one_reply_and_a_seq() {
+    assert!(from_line::<ReplyLine>(br#"{"seq":1,"error":"a","taken":[]}"#).is_err());
+    assert!(from_line::<ReplyLine>(br#"{"error":"a"}"#).is_err());
+    let odd: ReplyLine = from_line(br#"{"seq":2,"extra":[1,2],"error":"a"}"#).unwrap();
+    assert_eq!(odd.reply, Reply::Error("a".into()));
+}

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use bridge_protocol::layout::{self, QueueLayout};
+use bridge_protocol::ops::MAX_REPLY_ITEMS;
 use bridge_protocol::ops::{Delivery, PutItem, PutResult, TakeOptions, TakeProblem, Taken};
 
 pub use wait::{take_waiting, RequestWatch};
@@ -33,6 +34,10 @@ pub fn take_now(layout: &QueueLayout, opts: &TakeOptions) -> io::Result<Vec<Take
     let mut out = Vec::new();
     let mut total = 0usize;
     for (_, id, size) in pending {
+        // The host refuses a reply with more; the rest waits for the next take.
+        if out.len() == MAX_REPLY_ITEMS {
+            break;
+        }
         let claim = layout.claim_file(&id);
         let previously_claimed = claim.exists();
         if previously_claimed && !opts.include_claimed {

@@ -26,8 +26,13 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(env: &[(&str, &str)]) -> Gateway {
+        Gateway::start_with(env, None)
+    }
+
+    /// [`Gateway::start`] with at most `nofile` open files (soft and hard limit).
+    pub fn start_with(env: &[(&str, &str)], nofile: Option<u32>) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
-        let child = spawn(dir.path(), env);
+        let child = spawn_with(dir.path(), env, nofile);
         let ready = dir.path().join("queue/ready.json");
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut gateway = Gateway {
@@ -109,8 +114,21 @@ impl Drop for Gateway {
 
 /// Starts the gateway binary with the queue under `dir` and `env` on top of the basics.
 pub fn spawn(dir: &Path, env: &[(&str, &str)]) -> Child {
+    spawn_with(dir, env, None)
+}
+
+/// [`spawn`], through `sh -c 'ulimit -n N'` when `nofile` is given.
+pub fn spawn_with(dir: &Path, env: &[(&str, &str)], nofile: Option<u32>) -> Child {
     let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_paperclip-bridge-server"));
+    let binary = env!("CARGO_BIN_EXE_paperclip-bridge-server");
+    let mut command = match nofile {
+        None => Command::new(binary),
+        Some(n) => {
+            let mut sh = Command::new("/bin/sh");
+            sh.args(["-c", &format!("ulimit -n {n} && exec \"$0\""), binary]);
+            sh
+        }
+    };
     command
         .env_clear()
         .env("PAPERCLIP_BRIDGE_QUEUE_DIR", dir.join("queue"))

@@ -60,7 +60,9 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("paperclip-bridge: error: {e:#}");
+            // An error may quote the sandbox (a script's stderr): bounded and escaped.
+            let error = bridge_protocol::shown_error(&format_args!("{e:#}"));
+            eprintln!("paperclip-bridge: error: {error}");
             ExitCode::from(2)
         }
     }

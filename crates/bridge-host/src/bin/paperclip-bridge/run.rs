@@ -99,7 +99,7 @@ async fn start(args: &UpArgs) -> Result<(Sandbox, BridgeHandle)> {
 
 async fn teardown(sandbox: Sandbox, bridge: BridgeHandle) {
     if let Err(e) = bridge.stop().await {
-        tracing::warn!(error = %e, "stopping the bridge");
+        tracing::warn!(error = %bridge_protocol::shown_error(&e), "stopping the bridge");
     }
     sandbox.close().await;
 }
