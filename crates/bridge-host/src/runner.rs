@@ -22,6 +22,7 @@ mod spawned;
 pub use bwrap::{BwrapSandbox, Mounts};
 pub use command::{CommandRunner, LocalRunner};
 pub use delay::{delay_line, DelayRunner};
+pub use exec::{MAX_ERROR_OUTPUT, MAX_OUTPUT};
 pub use memory::MemoryRunner;
 
 /// A boxed, sendable future, so runners can be used as `Arc<dyn Runner>`.

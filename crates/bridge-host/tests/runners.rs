@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bridge_host::runner::memory::Invocation;
 use bridge_host::runner::{
     BwrapSandbox, CommandRunner, DelayRunner, Exec, LocalRunner, MemoryRunner, Mounts, Runner,
-    RunnerError, Signal, Spawn,
+    RunnerError, Signal, Spawn, MAX_ERROR_OUTPUT, MAX_OUTPUT,
 };
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 
@@ -440,6 +440,19 @@ async fn wait_gone(pid: u32) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("process {pid} survived destroy");
+}
+
+#[tokio::test]
+async fn a_flood_of_output_costs_the_host_a_bounded_amount() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = BwrapSandbox::create(dir.path()).await.unwrap();
+    let flood = "head -c 80000000 /dev/zero; head -c 3000000 /dev/zero >&2";
+    for runner in [&LocalRunner as &dyn Runner, &sandbox] {
+        let out = runner.exec(Exec::new(flood, T)).await.unwrap();
+        assert_eq!(out.stdout.len(), MAX_OUTPUT, "{runner:?}");
+        assert_eq!(out.stderr.len(), MAX_ERROR_OUTPUT, "{runner:?}");
+    }
+    sandbox.destroy().await;
 }
 
 #[tokio::test]

@@ -13,9 +13,13 @@ use super::{BoxFuture, ExecOutput, ExecStream, ExitStatus, Process, RunnerError,
 /// grandchild may hold them open).
 const PIPE_DRAIN: Duration = Duration::from_secs(2);
 
-/// Most bytes kept from one output stream; the rest is dropped (a take batch is far
-/// smaller: its size is bounded by `max_batch_bytes`).
-pub(crate) const MAX_OUTPUT: usize = 512 * 1024 * 1024;
+/// Most bytes kept of an exec's stdout; the rest is dropped, so a rogue program in the
+/// sandbox costs the host at most this much. The largest honest output, a take batch
+/// (16 MiB by default, plus one item up to the envelope limit) in base64, is well below.
+pub const MAX_OUTPUT: usize = 64 * 1024 * 1024;
+
+/// Most bytes kept of an exec's stderr: it only ever carries error messages.
+pub const MAX_ERROR_OUTPUT: usize = 1024 * 1024;
 
 /// The only host variables a sandbox process starts with; everything else it gets is
 /// what the caller passes. Keeps the host's secrets (e.g. Paperclip's run JWT) out.
@@ -99,8 +103,8 @@ pub(crate) async fn run(
         }
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let stdout = tokio::spawn(read_all(child.stdout.take(), stopped.clone()));
-    let stderr = tokio::spawn(read_all(child.stderr.take(), stopped));
+    let stdout = tokio::spawn(read_all(child.stdout.take(), stopped.clone(), MAX_OUTPUT));
+    let stderr = tokio::spawn(read_all(child.stderr.take(), stopped, MAX_ERROR_OUTPUT));
     let (code, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
         Ok(status) => (status?.code(), false),
         Err(_) => {
@@ -253,18 +257,19 @@ pub(crate) fn spawn(command: &mut Command) -> Result<tokio::process::Child, Runn
     })
 }
 
-/// Reads `pipe` to its end, until `stop` fires, or until [`MAX_OUTPUT`] bytes (the
-/// sandbox is untrusted: it must not exhaust the host's memory). Keeps what was read.
+/// Reads `pipe` to its end, until `stop` fires, or until `limit` bytes (the sandbox is
+/// untrusted: it must not exhaust the host's memory). Keeps what was read.
 async fn read_all<R: tokio::io::AsyncRead + Unpin>(
     pipe: Option<R>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    limit: usize,
 ) -> Vec<u8> {
     let mut bytes = Vec::new();
     let Some(mut pipe) = pipe else {
         return bytes;
     };
     let mut chunk = vec![0u8; 64 * 1024];
-    while bytes.len() < MAX_OUTPUT {
+    while bytes.len() < limit {
         tokio::select! {
             read = pipe.read(&mut chunk) => match read {
                 Ok(0) | Err(_) => break,
@@ -273,7 +278,7 @@ async fn read_all<R: tokio::io::AsyncRead + Unpin>(
             _ = stop.changed() => break,
         }
     }
-    bytes.truncate(MAX_OUTPUT);
+    bytes.truncate(limit);
     bytes
 }
 

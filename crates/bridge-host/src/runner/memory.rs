@@ -21,7 +21,7 @@ use bridge_server::ops;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, DuplexStream};
 use tokio::task::JoinHandle;
 
-use super::exec::MAX_OUTPUT;
+use super::exec::{MAX_ERROR_OUTPUT, MAX_OUTPUT};
 use super::{
     BoxFuture, Capabilities, Exec, ExecOutput, ExecStream, ExitStatus, Process, Runner,
     RunnerError, Signal, Spawn,
@@ -163,7 +163,8 @@ impl Runner for MemoryRunner {
                 let _ = stdin.write_all(&input).await;
                 let _ = stdin.shutdown().await;
             });
-            let (stdout, stderr) = (read_bounded(stdout), read_bounded(stderr));
+            let stdout = read_bounded(stdout, MAX_OUTPUT);
+            let stderr = read_bounded(stderr, MAX_ERROR_OUTPUT);
             let program = task.abort_handle();
             let collected = async { tokio::join!(task, stdout, stderr) };
             let outcome = tokio::time::timeout(exec.timeout, collected).await;
@@ -258,13 +259,10 @@ async fn not_found(mut run: Invocation) -> i32 {
     NOT_FOUND
 }
 
-/// Everything a pipe carries, up to [`MAX_OUTPUT`] bytes (the rest is drained unread).
-async fn read_bounded(mut pipe: DuplexStream) -> Vec<u8> {
+/// Everything a pipe carries, up to `limit` bytes (the rest is drained unread).
+async fn read_bounded(mut pipe: DuplexStream, limit: usize) -> Vec<u8> {
     let mut bytes = Vec::new();
-    let _ = (&mut pipe)
-        .take(MAX_OUTPUT as u64)
-        .read_to_end(&mut bytes)
-        .await;
+    let _ = (&mut pipe).take(limit as u64).read_to_end(&mut bytes).await;
     let _ = tokio::io::copy(&mut pipe, &mut tokio::io::sink()).await;
     bytes
 }
