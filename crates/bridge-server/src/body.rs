@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::BodyDataStream;
 use axum::http::{HeaderMap, Method};
 use bridge_protocol::codec::{encode_base64, BodyEncoding};
 use futures_util::StreamExt as _;
@@ -20,10 +20,16 @@ pub(crate) enum BodyError {
     Broken(String),
 }
 
+/// Most bytes of a refused body read and thrown away before the answer (see [`linger`]).
+pub(crate) const LINGER_BYTES: usize = 64 * 1024 * 1024;
+
+/// Longest time spent throwing a refused body away before the answer.
+pub(crate) const LINGER_TIME: Duration = Duration::from_secs(2);
+
 /// Reads the whole body, refusing it as soon as it passes `limit` bytes.
 pub(crate) async fn read_limited(
     headers: &HeaderMap,
-    body: Body,
+    body: &mut BodyDataStream,
     limit: usize,
 ) -> Result<Vec<u8>, BodyError> {
     let declared = headers
@@ -34,9 +40,8 @@ pub(crate) async fn read_limited(
         return Err(BodyError::TooLarge);
     }
     let read = async {
-        let mut stream = body.into_data_stream();
         let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
-        while let Some(chunk) = stream.next().await {
+        while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| BodyError::Broken(e.to_string()))?;
             if bytes.len() + chunk.len() > limit {
                 return Err(BodyError::TooLarge);
@@ -50,6 +55,71 @@ pub(crate) async fn read_limited(
         .unwrap_or_else(|_| Err(BodyError::Broken("the body took too long to arrive".into())))
 }
 
+/// Reads and throws away what is left of a refused body, up to [`LINGER_BYTES`] and
+/// [`LINGER_TIME`], so the client reads the refusal: a server that answers and closes
+/// while the client still sends makes many clients (Node's fetch among them) fail with
+/// EPIPE or a reset instead of showing the status. Returns whether the body was all read.
+pub(crate) async fn linger(body: &mut BodyDataStream) -> bool {
+    let drain = async {
+        let mut thrown = 0usize;
+        while let Some(chunk) = body.next().await {
+            let Ok(chunk) = chunk else { return false };
+            thrown += chunk.len();
+            if thrown > LINGER_BYTES {
+                return false;
+            }
+        }
+        true
+    };
+    tokio::time::timeout(LINGER_TIME, drain)
+        .await
+        .unwrap_or(false)
+}
+
+/// How a body of the declared type travels in the request file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// JSON: as text (base64 only if it is not UTF-8).
+    Json,
+    /// A multipart upload to the attachment route: base64.
+    Upload,
+}
+
+/// The declared content type's [`Kind`], or why it is refused.
+fn kind(method: &Method, path: &str, headers: &HeaderMap) -> Result<Kind, BodyError> {
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if is_json(mime) {
+        return Ok(Kind::Json);
+    }
+    if mime == "multipart/form-data" && method == Method::POST && is_attachment_route(path) {
+        return Ok(Kind::Upload);
+    }
+    Err(BodyError::Unsupported(if mime.is_empty() {
+        "a request body needs a JSON content type".into()
+    } else {
+        format!("content type {mime} is not accepted (JSON, or multipart to the attachment route)")
+    }))
+}
+
+/// Refuses a declared body of a type that will not be accepted, before reading it.
+pub(crate) fn check_declared(
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<(), BodyError> {
+    let length = headers.get("content-length").and_then(|v| v.to_str().ok());
+    let declared = headers.contains_key("transfer-encoding") || length.is_some_and(|n| n != "0");
+    match declared {
+        true => kind(method, path, headers).map(|_| ()),
+        false => Ok(()),
+    }
+}
+
 /// Encodes a body for the request file, or says why its type is refused.
 pub(crate) fn encode(
     method: &Method,
@@ -60,27 +130,14 @@ pub(crate) fn encode(
     if body.is_empty() {
         return Ok((String::new(), None));
     }
-    let content_type = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let mime = content_type.split(';').next().unwrap_or("").trim();
-    if is_json(mime) {
-        return Ok(match String::from_utf8(body) {
+    Ok(match kind(method, path, headers)? {
+        Kind::Json => match String::from_utf8(body) {
             Ok(text) => (text, None),
             // Not UTF-8: carry the bytes exactly; the upstream decides what it thinks.
             Err(e) => (encode_base64(e.as_bytes()), Some(BodyEncoding::Base64)),
-        });
-    }
-    if mime == "multipart/form-data" && method == Method::POST && is_attachment_route(path) {
-        return Ok((encode_base64(&body), Some(BodyEncoding::Base64)));
-    }
-    Err(BodyError::Unsupported(if mime.is_empty() {
-        "a request body needs a JSON content type".into()
-    } else {
-        format!("content type {mime} is not accepted (JSON, or multipart to the attachment route)")
-    }))
+        },
+        Kind::Upload => (encode_base64(&body), Some(BodyEncoding::Base64)),
+    })
 }
 
 fn is_json(mime: &str) -> bool {

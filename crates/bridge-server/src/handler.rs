@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use axum::body::BodyDataStream;
 use axum::extract::{Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -119,15 +121,33 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
     .await
 }
 
+/// One call; a refusal is answered only after what is left of the body has been read
+/// (bounded), so the client sees it.
 async fn serve(inner: &Inner, id: String, request: Request) -> Result<Response, Refusal> {
+    let (parts, body) = request.into_parts();
+    let mut body = body.into_data_stream();
+    let outcome = answer(inner, id, parts, &mut body).await;
+    if outcome.is_err() && !body::linger(&mut body).await {
+        tracing::info!("the refused body was not all read; the connection closes");
+    }
+    outcome
+}
+
+async fn answer(
+    inner: &Inner,
+    id: String,
+    parts: Parts,
+    body: &mut BodyDataStream,
+) -> Result<Response, Refusal> {
     let config = &inner.config;
-    if !authorized(request.headers(), &config.token) {
+    if !authorized(&parts.headers, &config.token) {
         tracing::info!("refused: missing or wrong bridge token");
         return Err(Refusal::Unauthorized);
     }
     let _admitted = admit(inner)?;
-    let (parts, body) = request.into_parts();
     let limit = config.max_body_bytes;
+    body::check_declared(&parts.method, parts.uri.path(), &parts.headers)
+        .map_err(|e| Refusal::from_body(e, limit))?;
     let bytes = body::read_limited(&parts.headers, body, limit)
         .await
         .map_err(|e| Refusal::from_body(e, limit))?;

@@ -41,6 +41,8 @@ const REFUSAL_LINGER: Duration = Duration::from_millis(200);
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Upper bound on the grace given to in-flight callers at shutdown.
 const MAX_GRACE: Duration = Duration::from_secs(10);
+/// Longest wait for a connection closed for room to release its socket.
+const REAP_BOUND: Duration = Duration::from_millis(200);
 /// Pause after a failed accept (out of file descriptors and the like).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -63,7 +65,7 @@ pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<O
             }
             Some(_) = connections.refusals.join_next(), if !connections.refusals.is_empty() => {}
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => connections.admit(stream),
+                Ok((stream, _)) => connections.admit(stream).await,
                 Err(e) => {
                     // Back off instead of spinning on an error that will repeat.
                     tracing::warn!(error = %e, "accept failed");
@@ -132,40 +134,61 @@ impl Connections {
 
     /// Serves `stream` if there is room (made by closing an idle connection at the cap);
     /// else refuses it at once.
-    fn admit(&mut self, stream: TcpStream) {
-        if self.open.len() >= self.max && !self.close_longest_idle() {
-            if !self.refusing {
-                tracing::warn!(
-                    max = self.max,
-                    "every connection is busy: refusing new ones"
-                );
-            }
-            self.refusing = true;
-            // On a task of its own, bounded: the flood must not slow the accept loop.
-            if self.refusals.len() < MAX_REFUSALS {
-                self.refusals
-                    .spawn(self.state.tasks().tracked(refuse(stream)));
-            }
-            return;
+    async fn admit(&mut self, stream: TcpStream) {
+        if self.open.len() >= self.max {
+            let Some(closed) = self.close_longest_idle() else {
+                return self.refuse(stream);
+            };
+            self.reap(closed).await;
         }
         self.refusing = false;
         self.serve(stream);
     }
 
-    /// Closes the open connection idle the longest; false if every one has a call.
-    fn close_longest_idle(&mut self) -> bool {
+    /// Refuses `stream` at once: every connection has a call in progress.
+    fn refuse(&mut self, stream: TcpStream) {
+        if !self.refusing {
+            tracing::warn!(
+                max = self.max,
+                "every connection is busy: refusing new ones"
+            );
+        }
+        self.refusing = true;
+        // On a task of its own, bounded: the flood must not slow the accept loop.
+        if self.refusals.len() < MAX_REFUSALS {
+            self.refusals
+                .spawn(self.state.tasks().tracked(refuse(stream)));
+        }
+    }
+
+    /// Waits (bounded) until the connection closed for room has ended and so released its
+    /// socket: room is made before the next one is served, so the open sockets never pass
+    /// the cap, even in a burst (a file-descriptor limit near the cap stays safe).
+    async fn reap(&mut self, closed: tokio::task::Id) {
+        let _ = tokio::time::timeout(REAP_BOUND, async {
+            while let Some(ended) = self.running.join_next_with_id().await {
+                let done = task_id(&ended) == closed;
+                self.ended(ended);
+                if done {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Closes the open connection idle the longest; `None` if every one has a call.
+    fn close_longest_idle(&mut self) -> Option<tokio::task::Id> {
         let idle = self
             .open
             .iter()
             .filter(|(_, open)| open.busy.load(Ordering::Relaxed) == 0)
             .min_by_key(|(_, open)| open.accepted)
             .map(|(id, _)| *id);
-        let Some(open) = idle.and_then(|id| self.open.remove(&id)) else {
-            return false;
-        };
+        let open = self.open.remove(&idle?)?;
         tracing::debug!("at the connection cap: closing the longest idle connection");
         open.abort.abort();
-        true
+        Some(open.abort.id())
     }
 
     /// Serves one accepted connection on a task of its own, watched for the graceful stop.
@@ -194,11 +217,7 @@ impl Connections {
 
     /// Forgets a connection task that ended.
     fn ended(&mut self, ended: Result<(tokio::task::Id, ()), JoinError>) {
-        let id = match &ended {
-            Ok((id, ())) => *id,
-            Err(e) => e.id(),
-        };
-        self.open.remove(&id);
+        self.open.remove(&task_id(&ended));
         log_failure(ended.map(|_| ()));
     }
 
@@ -224,6 +243,13 @@ impl Connections {
             running.abort_all();
         }
         join_all(&mut running).await;
+    }
+}
+
+fn task_id(ended: &Result<(tokio::task::Id, ()), JoinError>) -> tokio::task::Id {
+    match ended {
+        Ok((id, ())) => *id,
+        Err(e) => e.id(),
     }
 }
 
