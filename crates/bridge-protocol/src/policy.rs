@@ -13,6 +13,7 @@ pub const PAPERCLIP_ROUTES_TSV: &str = include_str!("route-allowlist.tsv");
 pub const DEFAULT_REQUEST_HEADERS: &[&str] = &[
     "accept",
     "content-type",
+    "idempotency-key",
     "if-match",
     "if-none-match",
     "x-paperclip-github-capability",
