@@ -12,6 +12,7 @@ pub mod cli;
 mod handler;
 pub mod ops;
 mod queue;
+mod queue_dir;
 mod ready;
 mod refusal;
 mod reply;
