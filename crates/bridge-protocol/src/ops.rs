@@ -251,10 +251,10 @@ impl<'de> Deserialize<'de> for PutResults {
     }
 }
 
-/// Why a line could not be read.
+/// Why a line could not be read (where, never what: the sandbox's lines are untrusted).
 #[derive(Debug, thiserror::Error)]
 #[error("not a valid bridge line: {0}")]
-pub struct LineError(#[from] serde_json::Error);
+pub struct LineError(#[from] crate::wire::JsonProblem);
 
 /// Encodes any line of this contract as JSON text (no newline).
 pub fn to_line<T: Serialize>(value: &T) -> String {
@@ -264,7 +264,7 @@ pub fn to_line<T: Serialize>(value: &T) -> String {
 
 /// Parses one line of this contract.
 pub fn from_line<'a, T: Deserialize<'a>>(line: &'a [u8]) -> Result<T, LineError> {
-    Ok(serde_json::from_slice(line)?)
+    serde_json::from_slice(line).map_err(|e| LineError(e.into()))
 }
 
 /// Reads a command line: its `seq` (0 if even that is unreadable) and the command or why

@@ -86,10 +86,68 @@ pub enum WireError {
     },
     /// The file is not the JSON object queue_v1 describes.
     #[error("queue file is not valid queue_v1 JSON: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(#[from] JsonProblem),
     /// The body could not be decoded.
     #[error(transparent)]
     Body(#[from] CodecError),
+}
+
+/// Where and what kind of JSON failure, without any of the text: serde_json's own messages
+/// quote the offending value (`invalid type: string "..."`), and queue files are untrusted,
+/// so their content must not reach a log or an answer through an error message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} at line {line}, column {column}")]
+pub struct JsonProblem {
+    /// The kind of failure, in fixed words (or naming a field of our own schema).
+    pub what: String,
+    /// The 1-based line where it was found.
+    pub line: usize,
+    /// The 1-based column where it was found.
+    pub column: usize,
+}
+
+impl From<serde_json::Error> for JsonProblem {
+    fn from(e: serde_json::Error) -> Self {
+        use serde_json::error::Category;
+        let what = match e.classify() {
+            Category::Data => missing_field(&e)
+                .map(|field| format!("missing field `{field}`"))
+                .or_else(|| own_message(&e))
+                .unwrap_or_else(|| "a field has the wrong type or value".to_owned()),
+            Category::Io => "read error".to_owned(),
+            Category::Syntax => "syntax error".to_owned(),
+            Category::Eof => "unexpected end of input".to_owned(),
+        };
+        Self {
+            what,
+            line: e.line(),
+            column: e.column(),
+        }
+    }
+}
+
+/// The field a "missing field" error names: one of our own schema's, never the file's
+/// text (so it is only believed if it looks like one of ours).
+fn missing_field(e: &serde_json::Error) -> Option<String> {
+    let text = e.to_string();
+    let field = text.strip_prefix("missing field `")?.split('`').next()?;
+    let ours = !field.is_empty()
+        && field.len() <= 32
+        && field
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    ours.then(|| field.to_owned())
+}
+
+/// A message of our own deserializers (the reply bounds in [`crate::ops`] say "a reply
+/// ..."): fixed text, never the file's; serde's own messages start otherwise.
+fn own_message(e: &serde_json::Error) -> Option<String> {
+    let text = e.to_string();
+    let message = text.rsplit_once(" at line ").map_or(text.as_str(), |(m, _)| m);
+    let ours = message.starts_with("a reply ")
+        && message.len() <= 100
+        && message.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+    ours.then(|| message.to_owned())
 }
 
 /// Parses a queue file, refusing anything over `envelope_limit` bytes before parsing.
@@ -100,7 +158,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8], envelope_limit: usize) -> Result
             limit: envelope_limit,
         });
     }
-    Ok(serde_json::from_slice(bytes)?)
+    serde_json::from_slice(bytes).map_err(|e| WireError::Json(e.into()))
 }
 
 /// Serialises a queue file: one JSON object followed by `\n`.
@@ -229,5 +287,25 @@ mod tests {
         let parsed: RequestFile = parse(text.as_bytes(), 1 << 20).unwrap();
         assert_eq!(parsed.body_encoding, Some(BodyEncoding::Utf8));
         assert_eq!(parsed.body_bytes(100).unwrap(), b"{\"body\":\"hi\"}");
+    }
+
+    #[test]
+    fn parse_errors_never_quote_the_file() {
+        for text in [
+            r#"{"id":"SECRET-1","status":"SECRET-2","headers":{},"body":"","completedAt":"t"}"#,
+            r#"{"id":"r1","status":200,"headers":{"a":1},"body":"SECRET-3","completedAt":"t"}"#,
+            r#"{"id":"r1","bodyEncoding":"SECRET-4"}"#,
+            "SECRET-5",
+        ] {
+            let e = parse::<ResponseFile>(text.as_bytes(), 1 << 20).unwrap_err();
+            let mut shown = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(inner) = source {
+                shown.push_str(&inner.to_string());
+                source = inner.source();
+            }
+            assert!(!shown.contains("SECRET"), "{shown}");
+            assert!(shown.contains("line 1"), "{shown}");
+        }
     }
 }

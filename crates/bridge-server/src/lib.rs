@@ -13,6 +13,7 @@ pub mod fdlimit;
 mod handler;
 pub mod ops;
 mod queue;
+mod queue_dir;
 mod ready;
 mod refusal;
 mod reply;

@@ -45,14 +45,13 @@ impl Transport for SharedFsTransport {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::Relaxed);
             let layout = self.layout.clone();
-            tokio::task::spawn_blocking(move || {
-                responses
-                    .iter()
-                    .map(|r| Ok((r.id.clone(), ops::put(&layout, &r.id, &r.file)?)))
-                    .collect()
-            })
-            .await
-            .map_err(|e| TransportError::Garbled(e.to_string()))?
+            let items = responses.clone();
+            // Every answer is tried: one that fails (say, something planted at its temp
+            // name) is that answer's failure and does not stop the rest being written.
+            let results = tokio::task::spawn_blocking(move || ops::put_all(&layout, items))
+                .await
+                .map_err(|e| TransportError::Garbled(e.to_string()))?;
+            super::deliveries(&responses, results)
         })
     }
 

@@ -36,12 +36,13 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    if !layout.responses_dir().is_dir() {
-        return Err(io::Error::other(format!(
-            "no queue at {}",
-            layout.root().display()
-        )));
-    }
+    // Both directories checked and held for the whole exec; one lock budget for its puts.
+    let putter = super::Putter::open(layout).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("no queue at {}: {e}", layout.root().display()),
+        )
+    })?;
     let mut lines = BufReader::new(input).lines();
     while let Some(line) = lines.next_line().await? {
         if line.trim().is_empty() {
@@ -49,7 +50,7 @@ where
         }
         let result = match ops::from_line::<PutItem>(line.as_bytes()) {
             Ok(item) => PutResult {
-                result: super::put(layout, &item.id, &item.file).map_err(|e| e.to_string()),
+                result: putter.put(&item.id, &item.file).map_err(|e| e.to_string()),
                 id: item.id,
             },
             Err(e) => PutResult {

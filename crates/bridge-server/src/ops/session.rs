@@ -29,11 +29,12 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    if !layout.responses_dir().is_dir() {
-        return Err(io::Error::other(format!(
-            "no queue at {}",
-            layout.root().display()
-        )));
+    // Checked once here for a clear start-up error; every put batch checks again.
+    if let Err(e) = super::Putter::open(&layout) {
+        return Err(io::Error::new(
+            e.kind(),
+            format!("no queue at {}: {e}", layout.root().display()),
+        ));
     }
     let (replies, queue) = mpsc::unbounded_channel::<String>();
     let writer = tokio::spawn(write_lines(output, queue));

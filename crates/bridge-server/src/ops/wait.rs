@@ -98,7 +98,11 @@ fn watch(layout: &QueueLayout) -> Option<Events> {
         .watches()
         .add(
             layout.requests_dir(),
-            WatchMask::MOVED_TO | WatchMask::CLOSE_WRITE,
+            // A symlink in place of `requests/` is not watched (the take refuses it).
+            WatchMask::MOVED_TO
+                | WatchMask::CLOSE_WRITE
+                | WatchMask::DONT_FOLLOW
+                | WatchMask::ONLYDIR,
         )
         .ok()?;
     inotify.into_event_stream([0u8; 1024]).ok()
