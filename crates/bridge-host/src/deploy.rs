@@ -67,13 +67,22 @@ impl BridgeConfig {
 
     /// The queue directory inside the sandbox.
     pub fn queue_dir(&self) -> PathBuf {
-        self.sandbox_dir.join("paperclip-bridge/queue")
+        Self::queue_dir_in(&self.sandbox_dir)
     }
 
     /// Where the gateway binary is kept inside the sandbox.
     pub fn remote_binary(&self) -> PathBuf {
-        self.sandbox_dir
-            .join("paperclip-bridge/bin/paperclip-bridge-server")
+        Self::remote_binary_in(&self.sandbox_dir)
+    }
+
+    /// The queue directory of a deployment into `sandbox_dir` (to re-attach to it).
+    pub fn queue_dir_in(sandbox_dir: &Path) -> PathBuf {
+        sandbox_dir.join("paperclip-bridge/queue")
+    }
+
+    /// The gateway binary of a deployment into `sandbox_dir`.
+    pub fn remote_binary_in(sandbox_dir: &Path) -> PathBuf {
+        sandbox_dir.join("paperclip-bridge/bin/paperclip-bridge-server")
     }
 }
 

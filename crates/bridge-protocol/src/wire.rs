@@ -143,7 +143,9 @@ fn missing_field(e: &serde_json::Error) -> Option<String> {
 /// ..."): fixed text, never the file's; serde's own messages start otherwise.
 fn own_message(e: &serde_json::Error) -> Option<String> {
     let text = e.to_string();
-    let message = text.rsplit_once(" at line ").map_or(text.as_str(), |(m, _)| m);
+    let message = text
+        .rsplit_once(" at line ")
+        .map_or(text.as_str(), |(m, _)| m);
     let ours = message.starts_with("a reply ")
         && message.len() <= 100
         && message.bytes().all(|b| b.is_ascii_graphic() || b == b' ');

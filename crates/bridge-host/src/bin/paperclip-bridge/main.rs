@@ -30,7 +30,8 @@ enum Command {
     /// Like `run` without an agent: print the agent environment as one JSON line and serve
     /// until SIGINT/SIGTERM.
     Up(Box<run::UpArgs>),
-    /// Only the host worker, for a gateway someone else started (e.g. Paperclip's own).
+    /// Only the host worker: for a gateway someone else started (e.g. Paperclip's own), or
+    /// to re-attach to a deployment of ours whose host process is gone (`--attach`).
     Worker(Box<worker_cmd::WorkerArgs>),
     /// Everything local: a sandbox, the bridge, a demo upstream and a scripted agent.
     Demo(demo::DemoArgs),
