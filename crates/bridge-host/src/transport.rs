@@ -158,29 +158,31 @@ impl Execs {
     }
 }
 
-/// Pairs each response with its put result: a result missing or failed is an error (the
-/// worker retries the batch; a repeated put is harmless).
+/// Pairs each response with its put result; a result missing counts as that answer's
+/// failure (the worker retries the failed answers only; a repeated put is harmless).
 pub(crate) fn deliveries(
     responses: &[PutItem],
     results: Vec<PutResult>,
-) -> Result<Vec<(String, Delivery)>, TransportError> {
+) -> Vec<(String, PutOutcome)> {
     responses
         .iter()
-        .map(|r| match results.iter().find(|p| p.id == r.id) {
-            Some(PutResult { result: Ok(d), .. }) => Ok((r.id.clone(), *d)),
-            Some(PutResult {
-                result: Err(why), ..
-            }) => Err(TransportError::Garbled(format!("put {}: {why}", r.id))),
-            None => Err(TransportError::Garbled(format!(
-                "put gave no result for {}",
-                r.id
-            ))),
+        .map(|r| {
+            let outcome = match results.iter().find(|p| p.id == r.id) {
+                Some(put) => put.result.clone(),
+                None => Err("the put gave no result for it".into()),
+            };
+            (r.id.clone(), outcome)
         })
         .collect()
 }
 
-/// What [`Transport::deliver`] returns: each response's id and its delivery.
-pub type Deliveries<'a> = BoxFuture<'a, Result<Vec<(String, Delivery)>, TransportError>>;
+/// What became of one answer: its delivery, or why it failed there (this answer only:
+/// a lock held by the sandbox, a directory where its file goes).
+pub type PutOutcome = Result<Delivery, String>;
+
+/// What [`Transport::deliver`] returns: each response's id and its outcome; `Err` when the
+/// call as a whole failed (the exec channel, a garbled reply).
+pub type Deliveries<'a> = BoxFuture<'a, Result<Vec<(String, PutOutcome)>, TransportError>>;
 
 /// The worker's view of one queue directory.
 pub trait Transport: Send + Sync + std::fmt::Debug {
@@ -188,7 +190,8 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
     fn take(&self, opts: TakeOptions) -> BoxFuture<'_, Result<Vec<Taken>, TransportError>>;
 
     /// Writes responses, each only while its request file exists, and removes their
-    /// claims. Returns one [`Delivery`] per response, in order. The worker never passes
+    /// claims. Returns one [`PutOutcome`] per response, in order: one answer that cannot be
+    /// put fails alone, not its batch. The worker never passes
     /// an empty list; an implementation may still spend an exec on one.
     fn deliver(&self, responses: Vec<PutItem>) -> Deliveries<'_>;
 

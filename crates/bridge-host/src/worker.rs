@@ -20,7 +20,9 @@ use tokio::task::JoinSet;
 use crate::audit::AuditLog;
 use crate::policy::HostPolicy;
 use crate::proxy::Upstream;
-use crate::transport::{PutItem, TakeOptions, TakeProblem, Taken, Transport, TransportError};
+use crate::transport::{
+    PutItem, PutOutcome, TakeOptions, TakeProblem, Taken, Transport, TransportError,
+};
 
 pub use check::{check, Checked, Refusal};
 
@@ -365,18 +367,18 @@ async fn deliver_batch(
             return;
         }
         let outgoing: Vec<PutItem> = batch.iter().map(|p| p.outgoing.clone()).collect();
-        match shared.transport.deliver(outgoing).await {
+        let wait = match shared.transport.deliver(outgoing).await {
             Ok(results) => {
-                for (id, delivery) in results {
-                    shared.record_delivery(&id, delivery);
+                let failed = shared.record_deliveries(results);
+                batch.retain(|p| failed.contains(&p.outgoing.id));
+                if batch.is_empty() {
+                    return;
                 }
-                return;
+                backoff.next()
             }
-            Err(e) => {
-                let wait = shared.transport_failed("deliver", &e, &mut backoff);
-                tokio::time::sleep(wait).await;
-            }
-        }
+            Err(e) => shared.transport_failed("deliver", &e, &mut backoff),
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -403,6 +405,23 @@ impl Shared {
         if let Ok(mut in_flight) = self.in_flight.lock() {
             in_flight.remove(id);
         }
+    }
+
+    /// Records each answer's outcome; returns the ids of those that failed (to retry:
+    /// one answer the sandbox blocks must not hold back the rest of its batch).
+    fn record_deliveries(&self, results: Vec<(String, PutOutcome)>) -> HashSet<String> {
+        let mut failed = HashSet::new();
+        for (id, outcome) in results {
+            match outcome {
+                Ok(delivery) => self.record_delivery(&id, delivery),
+                Err(why) => {
+                    self.stats.transport_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(id = %shown(&id), why = %shown(&why), "an answer could not be put; retrying it");
+                    failed.insert(id);
+                }
+            }
+        }
+        failed
     }
 
     fn record_delivery(&self, id: &str, delivery: crate::transport::Delivery) {

@@ -422,9 +422,9 @@ async fn delivery_only_while_the_caller_waits(fx: Arc<Fixture>) {
     assert_eq!(
         results,
         [
-            ("d1".into(), Delivery::Delivered),
-            ("d2".into(), Delivery::CallerGone),
-            ("d3".into(), Delivery::Delivered),
+            ("d1".into(), Ok(Delivery::Delivered)),
+            ("d2".into(), Ok(Delivery::CallerGone)),
+            ("d3".into(), Ok(Delivery::Delivered)),
         ]
     );
     assert_eq!(fx.read("responses/d1.json").await, b"{\"answer\":1}\n");

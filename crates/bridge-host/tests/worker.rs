@@ -18,8 +18,8 @@ use bridge_host::runner::{
     BoxFuture, Capabilities, Exec, ExecOutput, ExecStream, LocalRunner, Runner, RunnerError, Spawn,
 };
 use bridge_host::transport::{
-    Delivery, PosixTransport, PutItem, SharedFsTransport, StreamTransport, TakeOptions, Taken,
-    Transport, TransportError,
+    Deliveries, Delivery, PosixTransport, PutItem, SharedFsTransport, StreamTransport, TakeOptions,
+    Taken, Transport, TransportError,
 };
 use bridge_host::worker::{Worker, WorkerConfig, WorkerHandle};
 use common::*;
@@ -302,10 +302,7 @@ impl Transport for Flaky {
         self.inner.take(opts)
     }
 
-    fn deliver(
-        &self,
-        responses: Vec<PutItem>,
-    ) -> BoxFuture<'_, Result<Vec<(String, Delivery)>, TransportError>> {
+    fn deliver(&self, responses: Vec<PutItem>) -> Deliveries<'_> {
         if self.fail_now() {
             return Box::pin(async {
                 Err(TransportError::Failed {
@@ -341,13 +338,10 @@ impl Transport for Lying {
         })
     }
 
-    fn deliver(
-        &self,
-        responses: Vec<PutItem>,
-    ) -> BoxFuture<'_, Result<Vec<(String, Delivery)>, TransportError>> {
+    fn deliver(&self, responses: Vec<PutItem>) -> Deliveries<'_> {
         let results = responses
             .iter()
-            .map(|r| (r.id.clone(), Delivery::Delivered))
+            .map(|r| (r.id.clone(), Ok(Delivery::Delivered)))
             .collect();
         self.delivered.lock().unwrap().extend(responses);
         Box::pin(async move { Ok(results) })
@@ -465,6 +459,35 @@ async fn a_restarted_worker_never_resends_an_unsafe_request() {
         "forwarded exactly once"
     );
     second.stop().await;
+}
+
+#[tokio::test]
+async fn an_answer_the_sandbox_blocks_holds_back_no_other_answer() {
+    let dir = queue_dir();
+    // A directory where b1's answer must go: that one put fails until it is removed.
+    let blocker = dir.path().join("responses/b1.json.tmp");
+    std::fs::create_dir_all(blocker.join("keep")).unwrap();
+    let recorder = Recorder::start().await;
+    let held = recorder.hold.write().await;
+    let worker = start(dir.path(), &recorder, config());
+    for id in ["a1", "b1", "c1"] {
+        write_get(dir.path(), id, &format!("/api/issues/{id}"));
+    }
+    // Held upstream, then released at once: the three answers travel in one batch.
+    wait_until("three calls in flight", || recorder.seen().len() == 3).await;
+    drop(held);
+    for id in ["a1", "c1"] {
+        assert_eq!(response(dir.path(), id).await.status, 200, "{id}");
+    }
+    std::fs::remove_dir_all(&blocker).unwrap();
+    assert_eq!(response(dir.path(), "b1").await.status, 200);
+    wait_until("three answers recorded", || {
+        worker.stats().delivered.load(Ordering::Relaxed) == 3
+    })
+    .await;
+    // Retrying the batch as a whole would have put a1 and c1 again, to callers "gone".
+    assert_eq!(worker.stats().caller_gone.load(Ordering::Relaxed), 0);
+    worker.stop().await;
 }
 
 #[tokio::test]

@@ -91,7 +91,11 @@ impl Transport for OneShotTransport {
                 .iter()
                 .filter_map(|line| ops::from_line(line).ok())
                 .collect();
-            super::deliveries(&responses, results)
+            if results.is_empty() {
+                // Not one answer's failure: the exec said nothing (a lost channel).
+                return Err(TransportError::Garbled("put gave no result".into()));
+            }
+            Ok(super::deliveries(&responses, results))
         })
     }
 

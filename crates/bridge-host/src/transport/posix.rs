@@ -13,9 +13,10 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bridge_protocol::layout::is_valid_id;
+use bridge_protocol::shown;
 
 use super::{
-    Deliveries, Delivery, Execs, PutItem, TakeOptions, TakeProblem, Taken, Transport,
+    Deliveries, Delivery, Execs, PutItem, PutOutcome, TakeOptions, TakeProblem, Taken, Transport,
     TransportError,
 };
 use crate::runner::{BoxFuture, Exec, ExecOutput, Runner, RunnerError};
@@ -254,22 +255,26 @@ fn parse_take_line(line: &[u8], envelope_limit: usize) -> Option<Taken> {
 fn parse_deliver(
     stdout: &[u8],
     responses: &[PutItem],
-) -> Result<Vec<(String, Delivery)>, TransportError> {
+) -> Result<Vec<(String, PutOutcome)>, TransportError> {
     let text = String::from_utf8_lossy(stdout);
     let results: Vec<(&str, &str)> = text.lines().filter_map(|l| l.split_once(' ')).collect();
-    responses
+    let answered = |r: &PutItem| results.iter().any(|(id, _)| *id == r.id);
+    if !responses.iter().any(answered) {
+        // Not one answer's failure: no result for any (a lost channel, nonsense).
+        return Err(TransportError::Garbled("delivering gave no result".into()));
+    }
+    Ok(responses
         .iter()
-        .map(
-            |r| match results.iter().find(|(id, _)| *id == r.id).map(|(_, s)| *s) {
-                Some("delivered") => Ok((r.id.clone(), Delivery::Delivered)),
-                Some("gone") => Ok((r.id.clone(), Delivery::CallerGone)),
-                other => Err(TransportError::Garbled(format!(
-                    "delivering {} gave {other:?}",
-                    r.id
-                ))),
-            },
-        )
-        .collect()
+        .map(|r| {
+            let outcome = match results.iter().find(|(id, _)| *id == r.id).map(|(_, s)| *s) {
+                Some("delivered") => Ok(Delivery::Delivered),
+                Some("gone") => Ok(Delivery::CallerGone),
+                Some(other) => Err(format!("the put said {}", shown(other))),
+                None => Err("the put gave no result for it".into()),
+            };
+            (r.id.clone(), outcome)
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -330,9 +335,14 @@ mod tests {
             },
         ];
         let got = parse_deliver(b"a delivered\nb gone\n", &responses).unwrap();
-        assert_eq!(got[0].1, Delivery::Delivered);
-        assert_eq!(got[1].1, Delivery::CallerGone);
-        assert!(parse_deliver(b"a delivered\n", &responses).is_err());
-        assert!(parse_deliver(b"a delivered\nb failed\n", &responses).is_err());
+        assert_eq!(got[0].1, Ok(Delivery::Delivered));
+        assert_eq!(got[1].1, Ok(Delivery::CallerGone));
+        let got = parse_deliver(b"a delivered\n", &responses).unwrap();
+        assert_eq!(got[0].1, Ok(Delivery::Delivered));
+        assert!(got[1].1.is_err(), "{got:?}");
+        let got = parse_deliver(b"a delivered\nb failed\n", &responses).unwrap();
+        assert!(got[1].1.is_err(), "{got:?}");
+        // Not one result for any of them: the call failed, not the answers.
+        assert!(parse_deliver(b"nonsense here\n", &responses).is_err());
     }
 }

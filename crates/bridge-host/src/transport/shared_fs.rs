@@ -51,7 +51,7 @@ impl Transport for SharedFsTransport {
             let results = tokio::task::spawn_blocking(move || ops::put_all(&layout, items))
                 .await
                 .map_err(|e| TransportError::Garbled(e.to_string()))?;
-            super::deliveries(&responses, results)
+            Ok(super::deliveries(&responses, results))
         })
     }
 

@@ -189,7 +189,7 @@ impl Transport for StreamTransport {
             let Reply::Put(results) = self.call(command, Duration::ZERO).await? else {
                 return Err(TransportError::Garbled("a put got a take's reply".into()));
             };
-            super::deliveries(&responses, results)
+            Ok(super::deliveries(&responses, results))
         })
     }
 
