@@ -358,7 +358,7 @@ async fn an_exec_prefix_gets_its_environment_through_stdin_not_argv() {
 }
 
 #[tokio::test]
-async fn the_netns_sandbox_cannot_reach_the_hosts_loopback() {
+async fn the_sandbox_cannot_reach_the_hosts_loopback() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let probe = format!("if (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null; then echo reached; else echo refused; fi");
