@@ -1,30 +1,45 @@
-//! Deployment: put the gateway into a sandbox, start it, serve its queue, and take it all
-//! down again.
+//! Deployment: put the gateway into a sandbox, start it, keep it up, serve its queue,
+//! and take it all down again.
 //!
 //! [`Bridge::start`] makes the queue directory (owner-only), uploads the gateway binary
 //! unless the sandbox already has the same one (sha256), starts it detached, waits for
-//! `ready.json` and starts the worker. It costs two execs when the binary is already there.
+//! `ready.json` and starts the worker. It costs two execs when the binary is already there
+//! and the channel holds. Every step is safe to repeat and is retried on channel failures
+//! (`deploy/retry.rs`); a supervisor restarts a gateway that crashes (`deploy/supervise.rs`).
 
+mod retry;
 mod scripts;
+mod steps;
+mod supervise;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bridge_protocol::env as names;
-use bridge_protocol::wire::{self, ReadyFile};
+use bridge_protocol::wire::ReadyFile;
+use tokio::sync::watch;
 
 use crate::policy::HostPolicy;
 use crate::proxy::Upstream;
-use crate::runner::{Exec, ExecOutput, Runner, RunnerError};
+use crate::runner::{Exec, Runner, RunnerError};
 use crate::transport::{self, TransportKind};
-
 use crate::worker::{Worker, WorkerConfig, WorkerHandle};
 
-/// Bytes of the gateway binary sent per exec while uploading.
-const UPLOAD_CHUNK_BYTES: usize = 8 * 1024 * 1024;
-/// Bound for the short set-up and tear-down execs.
-const SETUP_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
+pub use retry::{RetryPolicy, DEPLOY_ATTEMPTS, DEPLOY_BACKOFF_CAP, DEPLOY_BACKOFF_START};
+pub use supervise::{
+    RestartPolicy, CHECK_INTERVAL, MAX_RESTARTS, RESTART_BACKOFF_CAP, RESTART_BACKOFF_START,
+    STABLE_AFTER,
+};
+
+use steps::{Launch, Place};
+
+/// Default bound for the short set-up and tear-down execs.
+pub const SETUP_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the supervisor may take to notice a stop (it finishes a restart under way,
+/// which is itself bounded; past this it is abandoned).
+const SUPERVISOR_STOP_BOUND: Duration = Duration::from_secs(120);
 
 /// Everything [`Bridge::start`] needs besides the runner.
 #[derive(Debug, Clone)]
@@ -47,6 +62,12 @@ pub struct BridgeConfig {
     pub ready_timeout: Duration,
     /// How long the gateway may take to exit after TERM before it is killed.
     pub stop_grace: Duration,
+    /// Bound for each short set-up and tear-down exec.
+    pub setup_timeout: Duration,
+    /// How each deployment step is retried on channel failures.
+    pub retry: RetryPolicy,
+    /// How a crashed gateway is noticed and restarted.
+    pub restart: RestartPolicy,
 }
 
 impl BridgeConfig {
@@ -62,6 +83,9 @@ impl BridgeConfig {
             max_queue_depth: 64,
             ready_timeout: Duration::from_secs(10),
             stop_grace: Duration::from_secs(10),
+            setup_timeout: SETUP_EXEC_TIMEOUT,
+            retry: RetryPolicy::default(),
+            restart: RestartPolicy::default(),
         }
     }
 
@@ -119,9 +143,26 @@ pub enum DeployError {
         /// What it said on stderr.
         stderr: String,
     },
-    /// The gateway started but its `ready.json` could not be read.
-    #[error("the gateway's ready.json made no sense: {0}")]
-    BadReady(String),
+    /// A step kept failing in the exec channel until its attempts were used up.
+    #[error("{step} failed {attempts} attempts in a row in the exec channel; the last: {last}")]
+    Exhausted {
+        /// The deployment step, in words.
+        step: &'static str,
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure, bounded and escaped.
+        last: String,
+    },
+    /// The gateway kept crashing, and restarting it stopped being worth it.
+    #[error("the gateway kept crashing ({restarts} restarts in a row; the last: {last}); the end of its log: {log}")]
+    GatewayCrashed {
+        /// Restarts tried in a row.
+        restarts: u32,
+        /// Why the last one did not hold.
+        last: String,
+        /// The end of the gateway's log, bounded and escaped.
+        log: String,
+    },
     /// [`TransportKind::SharedFs`] was asked for with a runner that does not share files.
     #[error("the shared-filesystem transport needs a runner on this machine's file system")]
     NotSharedFs,
@@ -131,15 +172,19 @@ pub enum DeployError {
 #[derive(Debug)]
 pub struct Bridge;
 
-/// A running bridge: the gateway in the sandbox and the worker on the host.
+/// A running bridge: the gateway in the sandbox (and its supervisor) and the worker on
+/// the host.
 #[derive(Debug)]
 pub struct BridgeHandle {
     runner: Arc<dyn Runner>,
-    queue_dir: PathBuf,
+    place: Place,
     token: String,
     ready: ReadyFile,
     worker: WorkerHandle,
     stop_grace: Duration,
+    supervisor: Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
+    restarts: Arc<AtomicU64>,
+    failure: watch::Receiver<Option<Arc<DeployError>>>,
 }
 
 impl Bridge {
@@ -156,46 +201,93 @@ impl Bridge {
                 path: config.gateway_binary.clone(),
                 source,
             })?;
-        let queue_dir = config.queue_dir();
-        let remote_binary = config.remote_binary();
+        let place = Place {
+            queue: config.queue_dir(),
+            binary: config.remote_binary(),
+            setup_timeout: config.setup_timeout,
+            retry: config.retry,
+        };
         let sha = sha256_hex(&binary);
-        let present = prepare(runner.as_ref(), &queue_dir, &remote_binary).await?;
-        if present != sha {
+        if steps::prepare(runner.as_ref(), &place).await? != sha {
             tracing::info!(bytes = binary.len(), "uploading the gateway binary");
-            upload(runner.as_ref(), &remote_binary, &binary, &sha).await?;
+            steps::upload(runner.as_ref(), &place, &binary, &sha).await?;
         } else {
             tracing::debug!("the sandbox already has this gateway binary");
         }
-        let token = new_token();
-        let ready =
-            start_gateway(runner.as_ref(), &config, &queue_dir, &remote_binary, &token).await?;
+        let mut launch = launch(&config);
+        let ready = steps::start_gateway(runner.as_ref(), &place, &launch).await?;
         // ready.json is the sandbox's word.
         let url = bridge_protocol::shown(&ready.base_url);
         tracing::info!(url = %url, pid = ready.pid, "gateway ready");
-        let mut kind = config.transport;
-        if kind == TransportKind::Stream && !runner.capabilities().streaming {
-            tracing::info!(
-                "the runner cannot stream: using the one-shot transport (an exec per call)"
-            );
-            kind = TransportKind::OneShot;
-        }
-        let transport = transport::build(
-            kind,
-            runner.clone(),
-            queue_dir.clone(),
-            remote_binary.clone(),
-            SETUP_EXEC_TIMEOUT,
-        );
-        let worker = Worker::spawn(transport, config.upstream, config.policy, config.worker);
+        // A restarted gateway must be where the agent already calls.
+        launch.port = ready.port;
+        let worker = spawn_worker(&runner, &config, &place);
+        let restarts = Arc::new(AtomicU64::new(0));
+        let (failed, failure) = watch::channel(None);
+        let supervisor = supervise::Supervisor {
+            runner: runner.clone(),
+            place: place.clone(),
+            launch: launch.clone(),
+            policy: config.restart,
+            restarts: restarts.clone(),
+            failure: failed,
+        };
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(supervisor.run(stopped));
         Ok(BridgeHandle {
             runner,
-            queue_dir,
-            token,
+            place,
+            token: launch.token,
             ready,
             worker,
             stop_grace: config.stop_grace,
+            supervisor: Some((stop, task)),
+            restarts,
+            failure,
         })
     }
+}
+
+/// What the gateway is started with (the port is the first gateway's for restarts).
+fn launch(config: &BridgeConfig) -> Launch {
+    Launch {
+        token: new_token(),
+        deploy_id: new_token(),
+        port: 0,
+        ready_timeout: config.ready_timeout,
+        settings: vec![
+            (
+                names::RESPONSE_TIMEOUT_MS,
+                config.worker.response_timeout.as_millis().to_string(),
+            ),
+            (names::MAX_QUEUE_DEPTH, config.max_queue_depth.to_string()),
+            (
+                names::MAX_BODY_BYTES,
+                config.policy.max_body_bytes.to_string(),
+            ),
+        ],
+    }
+}
+
+fn spawn_worker(runner: &Arc<dyn Runner>, config: &BridgeConfig, place: &Place) -> WorkerHandle {
+    let mut kind = config.transport;
+    if kind == TransportKind::Stream && !runner.capabilities().streaming {
+        tracing::info!("the runner cannot stream: using the one-shot transport (an exec per call)");
+        kind = TransportKind::OneShot;
+    }
+    let transport = transport::build(
+        kind,
+        runner.clone(),
+        place.queue.clone(),
+        place.binary.clone(),
+        config.setup_timeout,
+    );
+    Worker::spawn(
+        transport,
+        config.upstream.clone(),
+        config.policy.clone(),
+        config.worker.clone(),
+    )
 }
 
 impl BridgeHandle {
@@ -206,21 +298,18 @@ impl BridgeHandle {
             (names::AGENT_API_URL.into(), self.ready.base_url.clone()),
             (names::AGENT_API_KEY.into(), self.token.clone()),
             (names::MODE.into(), names::QUEUE_V1.into()),
-            (
-                names::QUEUE_DIR.into(),
-                self.queue_dir.to_string_lossy().into_owned(),
-            ),
+            (names::QUEUE_DIR.into(), steps::path_text(&self.place.queue)),
         ]
     }
 
-    /// What the gateway wrote in `ready.json`.
+    /// What the first gateway wrote in `ready.json` (a restarted one keeps its URL).
     pub fn ready(&self) -> &ReadyFile {
         &self.ready
     }
 
     /// The queue directory, as the sandbox sees it.
     pub fn queue_dir(&self) -> &Path {
-        &self.queue_dir
+        &self.place.queue
     }
 
     /// The worker serving the queue (statistics, exec count).
@@ -228,141 +317,80 @@ impl BridgeHandle {
         &self.worker
     }
 
-    /// Stops everything: the gateway stops accepting, the worker drains and answers what is
-    /// still queued with 503, the gateway exits (or is killed after the grace), and the
-    /// queue directory is removed.
-    pub async fn stop(self) -> Result<(), DeployError> {
-        let env = [("Q", self.queue_dir.to_string_lossy().into_owned())];
+    /// How many times the gateway has been restarted after a crash.
+    pub fn restart_count(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when the gateway kept crashing and the bridge gave up on it
+    /// ([`DeployError::GatewayCrashed`]); never while it is up. The run should end then.
+    pub async fn failed(&self) -> Arc<DeployError> {
+        let mut failure = self.failure.clone();
+        if let Ok(seen) = failure.wait_for(Option::is_some).await {
+            if let Some(e) = seen.as_ref() {
+                return e.clone();
+            }
+        }
+        // The supervisor ended without a failure (the bridge is stopping).
+        std::future::pending().await
+    }
+
+    /// Stops everything: the supervisor (no restart from here on), then the gateway stops
+    /// accepting, the worker drains and answers what is still queued with 503, the gateway
+    /// exits (or is killed after the grace), and the queue directory is removed.
+    pub async fn stop(mut self) -> Result<(), DeployError> {
+        if let Some((stop, task)) = self.supervisor.take() {
+            let _ = stop.send(true);
+            if tokio::time::timeout(SUPERVISOR_STOP_BOUND, task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the gateway's supervisor did not stop in time");
+            }
+        }
+        let env = [("Q", steps::path_text(&self.place.queue))];
+        let timeout = self.place.setup_timeout;
         let terminate = sandbox_exec(
             self.runner.as_ref(),
+            &self.place.retry,
             "stopping the gateway",
             scripts::TERMINATE,
             &env,
-            SETUP_EXEC_TIMEOUT,
+            timeout,
         )
         .await;
         self.worker.stop().await;
         let tries = (self.stop_grace.as_millis() / 50).max(1).to_string();
         let reap = sandbox_exec(
             self.runner.as_ref(),
+            &self.place.retry,
             "removing the queue",
-            scripts::REAP,
+            &scripts::reap(),
             &[env[0].clone(), ("TRIES", tries)],
-            self.stop_grace + SETUP_EXEC_TIMEOUT,
+            self.stop_grace + timeout,
         )
         .await;
-        terminate.and(reap).map(|_| ())
+        terminate.and(reap)
     }
 }
 
-/// Creates the queue and returns the sha256 of the binary already in the sandbox.
-async fn prepare(runner: &dyn Runner, queue: &Path, binary: &Path) -> Result<String, DeployError> {
-    let out = sandbox_exec(
-        runner,
-        "preparing the queue directory",
-        scripts::PREPARE,
-        &[("Q", path_text(queue)), ("BIN", path_text(binary))],
-        SETUP_EXEC_TIMEOUT,
-    )
-    .await?;
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// Sends the binary through stdin in chunks; the last exec verifies the hash.
-async fn upload(
-    runner: &dyn Runner,
-    remote: &Path,
-    binary: &[u8],
-    sha: &str,
-) -> Result<(), DeployError> {
-    let chunks: Vec<&[u8]> = if binary.is_empty() {
-        vec![&[]]
-    } else {
-        binary.chunks(UPLOAD_CHUNK_BYTES).collect()
-    };
-    let last = chunks.len() - 1;
-    for (i, chunk) in chunks.into_iter().enumerate() {
-        let exec = Exec::new(scripts::UPLOAD_CHUNK, SETUP_EXEC_TIMEOUT)
-            .stdin(chunk.to_vec())
-            .env("BIN", path_text(remote))
-            .env("SHA", sha)
-            .env("FIRST", flag(i == 0))
-            .env("LAST", flag(i == last));
-        checked(runner, "uploading the gateway", exec).await?;
-    }
-    Ok(())
-}
-
-/// Starts the gateway with its settings in the environment and waits for `ready.json`.
-async fn start_gateway(
-    runner: &dyn Runner,
-    config: &BridgeConfig,
-    queue: &Path,
-    binary: &Path,
-    token: &str,
-) -> Result<ReadyFile, DeployError> {
-    let tries = (config.ready_timeout.as_millis() / 10).max(1).to_string();
-    let exec = Exec::new(scripts::START, config.ready_timeout + SETUP_EXEC_TIMEOUT)
-        .env("Q", path_text(queue))
-        .env("BIN", path_text(binary))
-        .env("TRIES", tries)
-        .env(names::MODE, names::QUEUE_V1)
-        .env(names::QUEUE_DIR, path_text(queue))
-        .env(names::TOKEN, token)
-        .env(names::HOST, "127.0.0.1")
-        .env(names::PORT, "0")
-        .env(
-            names::RESPONSE_TIMEOUT_MS,
-            config.worker.response_timeout.as_millis().to_string(),
-        )
-        .env(names::MAX_QUEUE_DEPTH, config.max_queue_depth.to_string())
-        .env(
-            names::MAX_BODY_BYTES,
-            config.policy.max_body_bytes.to_string(),
-        )
-        .env("RUST_LOG", "info");
-    let out = checked(runner, "starting the gateway", exec).await?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let json = text
-        .split_once('\n')
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| DeployError::BadReady(text.to_string()))?;
-    wire::parse::<ReadyFile>(json.trim().as_bytes(), 64 * 1024)
-        .map_err(|e| DeployError::BadReady(format!("{e}: {json}")))
-}
-
-/// Runs a constant script with inputs in its environment; non-zero exit is an error.
+/// Runs a constant tear-down script with inputs in its environment, retried on channel
+/// failures like the set-up steps (both scripts are safe to repeat).
 async fn sandbox_exec(
     runner: &dyn Runner,
+    retry: &RetryPolicy,
     step: &'static str,
     script: &str,
     env: &[(&str, String)],
     timeout: Duration,
-) -> Result<ExecOutput, DeployError> {
+) -> Result<(), DeployError> {
     let exec = env
         .iter()
         .fold(Exec::new(script, timeout), |e, (k, v)| e.env(*k, v.clone()));
-    checked(runner, step, exec).await
-}
-
-async fn checked(
-    runner: &dyn Runner,
-    step: &'static str,
-    exec: Exec,
-) -> Result<ExecOutput, DeployError> {
-    let out = runner
-        .exec(exec)
-        .await
-        .map_err(|source| DeployError::Runner { step, source })?;
-    if !out.success() {
-        return Err(DeployError::Script {
-            step,
-            code: out.code,
-            timed_out: if out.timed_out { ", timed out" } else { "" },
-            stderr: out.stderr_text(),
-        });
-    }
-    Ok(out)
+    retry::retried(retry, step, || async {
+        retry::exec_once(runner, step, exec.clone()).await.map(drop)
+    })
+    .await
 }
 
 /// A fresh bridge token: 24 random bytes, base64url.
@@ -375,22 +403,10 @@ pub fn new_token() -> String {
     bridge_protocol::token::encode_token(&bytes)
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     sha2::Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-fn path_text(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
-}
-
-fn flag(on: bool) -> &'static str {
-    if on {
-        "1"
-    } else {
-        "0"
-    }
 }

@@ -30,6 +30,13 @@ async fn setup() -> Setup {
 }
 
 async fn setup_with(transport: TransportKind) -> Setup {
+    setup_configured(transport, |_| {}).await
+}
+
+async fn setup_configured(
+    transport: TransportKind,
+    adjust: impl FnOnce(&mut BridgeConfig),
+) -> Setup {
     let recorder = Recorder::start().await;
     let dir = tempfile::tempdir().unwrap();
     let sandbox = Arc::new(BwrapSandbox::create(dir.path()).await.unwrap());
@@ -44,6 +51,7 @@ async fn setup_with(transport: TransportKind) -> Setup {
     config.worker.drain_timeout = Duration::from_millis(300);
     config.stop_grace = Duration::from_secs(5);
     config.transport = transport;
+    adjust(&mut config);
     let bridge = Bridge::start(sandbox.clone(), config).await.unwrap();
     Setup {
         recorder,
@@ -343,5 +351,104 @@ async fn a_gateway_that_dies_at_start_is_reported_with_its_log() {
         started.elapsed() < Duration::from_secs(15),
         "it waited for the ready time-out instead"
     );
+    sandbox.destroy().await;
+}
+
+/// Runs `script` in the sandbox's work directory (not as the agent).
+async fn in_sandbox(s: &Setup, script: &str) -> String {
+    let exec = Exec::new(script, T)
+        .cwd(s.sandbox.workdir())
+        .env("Q", s.bridge().queue_dir().to_string_lossy());
+    let out = s.sandbox.exec(exec).await.unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Waits (bounded) until `done` holds.
+async fn eventually(what: &str, bound: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + bound;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {bound:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One call in the background that writes its status (000: no answer) and then `done`.
+const HELD_CALL: &str = r#"(curl -sS -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $PAPERCLIP_API_KEY" "$PAPERCLIP_API_URL/api/issues/held" > held.status 2>/dev/null; echo done >> held.status) &"#;
+
+#[tokio::test]
+async fn a_gateway_killed_with_sigkill_is_restarted_and_calls_work_again() {
+    let s = setup_configured(TransportKind::default(), |c| {
+        c.restart.check_interval = Duration::from_millis(100);
+    })
+    .await;
+    let one = format!("{CURL}\ncall \"$PAPERCLIP_API_URL/api/agents/me\"");
+    assert_eq!(String::from_utf8_lossy(&s.agent(&one).await.stdout), "200");
+    // A caller waits for the upstream when the gateway is killed.
+    let held = s.recorder.hold.clone().write_owned().await;
+    s.agent(HELD_CALL).await;
+    let recorder = s.recorder.clone();
+    eventually("the held call reached the upstream", T, || {
+        recorder.seen().len() >= 2
+    })
+    .await;
+    let old = in_sandbox(&s, "cat \"$Q/server.pid\"").await;
+    in_sandbox(&s, "kill -KILL \"$(cat \"$Q/server.pid\")\"").await;
+    eventually("the host restarted the gateway", T, || {
+        s.bridge().restart_count() == 1
+    })
+    .await;
+    // The waiting caller got an answer: its connection dropped (curl prints 000).
+    let status = in_sandbox(&s, "i=0; while ! grep -q done held.status 2>/dev/null && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done; cat held.status").await;
+    assert_eq!(status, "000done", "{status}");
+    drop(held);
+    let new = in_sandbox(&s, "cat \"$Q/server.pid\"").await;
+    assert_ne!(old, new, "a new gateway runs");
+    let again =
+        format!("{CURL}\nfor i in 1 2 3; do call \"$PAPERCLIP_API_URL/api/agents/me\"; echo; done");
+    let out = s.agent(&again).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "200\n200\n200");
+    assert_eq!(s.bridge().restart_count(), 1);
+    s.teardown().await;
+}
+
+#[tokio::test]
+async fn a_gateway_that_keeps_crashing_ends_the_run_with_its_log() {
+    let recorder = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Says it is ready, then dies: every start succeeds and every gateway crashes.
+    let fake = dir.path().join("crashing-gateway");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'fake gateway: crashing on purpose' >&2\nprintf '{\"pid\":%s,\"host\":\"127.0.0.1\",\"port\":9,\"baseUrl\":\"http://127.0.0.1:9\",\"startedAt\":\"2026-01-01T00:00:00.000Z\"}\\n' $$ > \"$PAPERCLIP_BRIDGE_QUEUE_DIR/ready.json\"\nsleep 0.2\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sandbox_dir = dir.path().join("sandbox");
+    let sandbox = Arc::new(BwrapSandbox::create(&sandbox_dir).await.unwrap());
+    let upstream = Upstream::new(&recorder.url, Secret::new(REAL_KEY.into()), None, T).unwrap();
+    let mut config = BridgeConfig::new(fake, sandbox_dir, upstream);
+    // Not the session transport: the fake would be run as the session too.
+    config.transport = TransportKind::Posix;
+    config.restart.check_interval = Duration::from_millis(100);
+    config.restart.max_restarts = 3;
+    config.restart.backoff_start = Duration::from_millis(50);
+    config.restart.backoff_cap = Duration::from_millis(200);
+    let bridge = Bridge::start(sandbox.clone(), config).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(60), bridge.failed())
+        .await
+        .expect("the run ends within the bound")
+        .to_string();
+    assert!(err.contains("kept crashing"), "{err}");
+    assert!(err.contains("3 restarts"), "{err}");
+    assert!(
+        err.contains("fake gateway: crashing on purpose"),
+        "the log is in it: {err}"
+    );
+    assert_eq!(bridge.restart_count(), 3);
+    bridge.stop().await.unwrap();
     sandbox.destroy().await;
 }

@@ -1,16 +1,36 @@
 //! The shell scripts deployment runs inside the sandbox.
 //!
 //! They are constant text: every input arrives in an environment variable, so no value
-//! needs quoting and no secret ever appears in an argument list.
+//! needs quoting and no secret ever appears in an argument list. Every one is safe to run
+//! again after a lost result (the exec channel may drop after the script ran): that is what
+//! lets deployment retry each step. Exit 75 (`EX_TEMPFAIL`) means "transient, try again".
 
-/// Creates the queue (owner-only), clears a stale `ready.json`, and prints the sha256 of
-/// the gateway binary already there, or `missing`.
+/// Shell functions the scripts share. `alive PID`: the process exists and is no zombie (its
+/// reaper may be slow). `is_gateway PID`: alive and, where `/proc` tells, running `$BIN`
+/// directly or through an interpreter (a recycled pid is not our gateway).
+const FUNCTIONS: &str = r#"alive() {
+  if [ -r "/proc/$1/stat" ]; then
+    state=$(sed 's/.*) \(.\).*/\1/' "/proc/$1/stat" 2>/dev/null)
+    [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
+  else
+    kill -0 "$1" 2>/dev/null
+  fi
+}
+is_gateway() {
+  alive "$1" || return 1
+  [ -r "/proc/$1/cmdline" ] || return 0
+  tr '\0' '\n' < "/proc/$1/cmdline" | head -n 2 | grep -qxF -e "$BIN"
+}
+"#;
+
+/// Creates the queue (owner-only) and prints the sha256 of the gateway binary already
+/// there, or `missing`. It leaves `ready.json` and `server.pid` alone: a gateway may
+/// already serve this queue (an earlier attempt's), and [`START`] decides about it.
 /// Inputs: `Q` (queue dir), `BIN` (gateway path).
 pub(crate) const PREPARE: &str = r#"set -e
 umask 077
 mkdir -p "$Q/requests" "$Q/responses" "$Q/logs" "$(dirname "$BIN")"
 chmod 700 "$Q" "$Q/requests" "$Q/responses" "$Q/logs"
-rm -f "$Q/ready.json" "$Q/server.pid"
 if [ -f "$BIN" ]; then
   sha256sum "$BIN" | cut -d ' ' -f 1
 else
@@ -18,35 +38,105 @@ else
 fi
 "#;
 
-/// Appends stdin to `$BIN.part` (`FIRST=1` truncates first); with `LAST=1` checks the
-/// sha256 against `SHA` and moves the file into place.
+/// Stores stdin as chunk `INDEX` of the upload of `SHA` (temp name, checked against
+/// `PART_SHA`, then renamed): sending a chunk twice is harmless. A damaged chunk exits 75.
 pub(crate) const UPLOAD_CHUNK: &str = r#"set -e
 umask 077
-if [ "$FIRST" = 1 ]; then cat > "$BIN.part"; else cat >> "$BIN.part"; fi
-if [ "$LAST" = 1 ]; then
-  got=$(sha256sum "$BIN.part" | cut -d ' ' -f 1)
-  if [ "$got" != "$SHA" ]; then
-    rm -f "$BIN.part"
-    echo "uploaded gateway has sha256 $got, expected $SHA" >&2
-    exit 3
-  fi
-  chmod 700 "$BIN.part"
-  mv -f "$BIN.part" "$BIN"
+dir="$BIN.upload-$SHA"
+mkdir -p "$dir"
+tmp="$dir/tmp.$$"
+cat > "$tmp"
+got=$(sha256sum "$tmp" | cut -d ' ' -f 1)
+if [ "$got" != "$PART_SHA" ]; then
+  rm -f "$tmp"
+  echo "chunk $INDEX arrived damaged (sha256 $got)" >&2
+  exit 75
 fi
+mv -f "$tmp" "$dir/$INDEX"
 "#;
 
-/// Starts the gateway detached, records its pid, and waits for `ready.json` (at most
-/// `TRIES` rounds of 10 ms), printing it. Exits 3 with the log tail if the gateway dies
-/// first, 4 on time-out. The gateway's own settings arrive in the environment too.
-pub(crate) const START: &str = r#"alive() {
-  if [ -r "/proc/$1/stat" ]; then
-    state=$(sed 's/.*) \(.\).*/\1/' "/proc/$1/stat" 2>/dev/null)
-    [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
-  else
-    kill -0 "$1" 2>/dev/null
+/// Puts the uploaded binary in place: the `COUNT` chunks joined under a temp name, checked
+/// against `SHA`, renamed over `BIN`. Nothing to do if `BIN` already has that hash (an
+/// earlier attempt finished).
+pub(crate) const INSTALL: &str = r#"set -e
+umask 077
+dir="$BIN.upload-$SHA"
+if [ -f "$BIN" ] && [ "$(sha256sum "$BIN" | cut -d ' ' -f 1)" = "$SHA" ]; then
+  rm -rf "$dir"
+  exit 0
+fi
+tmp="$BIN.tmp.$$"
+: > "$tmp"
+i=0
+while [ "$i" -lt "$COUNT" ]; do
+  part="$dir/$(printf '%06d' "$i")"
+  if [ ! -f "$part" ]; then rm -f "$tmp"; echo "chunk $i of the upload is missing" >&2; exit 3; fi
+  cat "$part" >> "$tmp"
+  i=$((i + 1))
+done
+got=$(sha256sum "$tmp" | cut -d ' ' -f 1)
+if [ "$got" != "$SHA" ]; then
+  rm -f "$tmp"
+  rm -rf "$dir"
+  echo "uploaded gateway has sha256 $got, expected $SHA" >&2
+  exit 3
+fi
+chmod 700 "$tmp"
+mv -f "$tmp" "$BIN"
+rm -rf "$dir"
+"#;
+
+/// The body of [`START`], after [`FUNCTIONS`]. Under a lock (`start.lock`, a directory
+/// holding its owner's pid: a dead owner's lock is broken), so two attempts never both
+/// start one: a live gateway of this deployment (`DEPLOY`, recorded in `gateway.deploy`)
+/// is kept and its `ready.json` printed; another deployment's is stopped first (one
+/// gateway per queue). A new gateway gets a clean slate: no `ready.json`, no requests or
+/// answers of dead callers. Waits at most `TRIES` rounds of 10 ms for `ready.json`.
+/// Exits 3 with the log tail if the gateway dies first, 4 on time-out, 75 if the lock
+/// stays busy.
+const START_BODY: &str = r#"cd "$Q"
+lock=start.lock
+i=0
+until mkdir "$lock" 2>/dev/null; do
+  holder=$(cat "$lock/pid" 2>/dev/null || true)
+  if [ -n "$holder" ] && ! alive "$holder"; then rm -rf "$lock"; continue; fi
+  i=$((i + 1))
+  if [ "$i" -ge "$TRIES" ]; then
+    [ -n "$holder" ] || rm -rf "$lock"
+    echo "another start of the gateway holds the lock" >&2
+    exit 75
   fi
+  sleep 0.01
+done
+echo "$$" > "$lock/pid"
+trap 'rm -rf "$lock"' EXIT
+await_ready() {
+  i=0
+  while [ "$i" -lt "$TRIES" ]; do
+    if [ -f ready.json ]; then echo "pid $1"; cat ready.json; exit 0; fi
+    if ! alive "$1"; then
+      echo "the gateway exited before it was ready; its log:" >&2
+      tail -n 40 logs/bridge.log >&2
+      exit 3
+    fi
+    sleep 0.01
+    i=$((i + 1))
+  done
+  echo "the gateway was not ready in time; its log:" >&2
+  tail -n 40 logs/bridge.log >&2
+  kill -KILL "$1" 2>/dev/null
+  exit 4
 }
-cd "$Q"
+old=$(cat server.pid 2>/dev/null || true)
+if [ -n "$old" ] && is_gateway "$old"; then
+  if [ "$(cat gateway.deploy 2>/dev/null || true)" = "$DEPLOY" ]; then await_ready "$old"; fi
+  kill -TERM "$old" 2>/dev/null || true
+  i=0
+  while alive "$old" && [ "$i" -lt "$TRIES" ]; do sleep 0.01; i=$((i + 1)); done
+  kill -KILL "$old" 2>/dev/null || true
+fi
+rm -f ready.json server.pid requests/* responses/*
+echo "$DEPLOY" > gateway.deploy.tmp && mv -f gateway.deploy.tmp gateway.deploy
 if command -v setsid >/dev/null 2>&1; then
   setsid "$BIN" </dev/null >>logs/bridge.log 2>&1 &
 else
@@ -54,21 +144,29 @@ else
 fi
 pid=$!
 echo "$pid" > server.pid.tmp && mv -f server.pid.tmp server.pid
-i=0
-while [ "$i" -lt "$TRIES" ]; do
-  if [ -f ready.json ]; then echo "pid $pid"; cat ready.json; exit 0; fi
-  if ! alive "$pid"; then
-    echo "the gateway exited before it was ready; its log:" >&2
-    tail -n 40 logs/bridge.log >&2
-    exit 3
-  fi
-  sleep 0.01
-  i=$((i + 1))
-done
-echo "the gateway was not ready in time; its log:" >&2
-tail -n 40 logs/bridge.log >&2
-kill -KILL "$pid" 2>/dev/null
-exit 4
+await_ready "$pid"
+"#;
+
+/// Starts the gateway detached unless this deployment's already runs, and prints
+/// `pid N` and its `ready.json` (see [`START_BODY`]). The gateway's own settings arrive
+/// in the environment too.
+pub(crate) fn start() -> String {
+    format!("{FUNCTIONS}{START_BODY}")
+}
+
+/// Prints `alive` if the gateway in `server.pid` runs, else `dead`: the supervisor's
+/// cheap liveness check. Inputs: `Q`, `BIN`.
+pub(crate) fn check() -> String {
+    format!(
+        "{FUNCTIONS}{}",
+        r#"pid=$(cat "$Q/server.pid" 2>/dev/null || true)
+if [ -n "$pid" ] && is_gateway "$pid"; then echo alive; else echo dead; fi
+"#
+    )
+}
+
+/// Prints the end of the gateway's log (`LINES` lines), for an error message.
+pub(crate) const LOG_TAIL: &str = r#"tail -n "$LINES" "$Q/logs/bridge.log" 2>/dev/null || true
 "#;
 
 /// Asks the gateway to stop: it stops accepting and finishes its in-flight callers.
@@ -76,18 +174,12 @@ pub(crate) const TERMINATE: &str = r#"pid=$(cat "$Q/server.pid" 2>/dev/null || t
 [ -z "$pid" ] || kill -TERM "$pid" 2>/dev/null || true
 "#;
 
-/// Waits up to `TRIES` rounds of 50 ms for the gateway to exit (a zombie counts as gone:
-/// its reaper may be slow), then KILLs it, then
+/// Waits up to `TRIES` rounds of 50 ms for the gateway to exit, then KILLs it, then
 /// removes the queue directory (the uploaded binary stays, for the next deployment).
-pub(crate) const REAP: &str = r#"alive() {
-  if [ -r "/proc/$1/stat" ]; then
-    state=$(sed 's/.*) \(.\).*/\1/' "/proc/$1/stat" 2>/dev/null)
-    [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
-  else
-    kill -0 "$1" 2>/dev/null
-  fi
-}
-pid=$(cat "$Q/server.pid" 2>/dev/null || true)
+pub(crate) fn reap() -> String {
+    format!(
+        "{FUNCTIONS}{}",
+        r#"pid=$(cat "$Q/server.pid" 2>/dev/null || true)
 if [ -n "$pid" ]; then
   i=0
   while alive "$pid" && [ "$i" -lt "$TRIES" ]; do
@@ -97,4 +189,6 @@ if [ -n "$pid" ]; then
   kill -KILL "$pid" 2>/dev/null || true
 fi
 rm -rf "$Q"
-"#;
+"#
+    )
+}

@@ -76,9 +76,15 @@ pub async fn up(args: UpArgs, mut shutdown: Shutdown) -> Result<ExitCode> {
         .collect();
     println!("{}", serde_json::Value::Object(env));
     tracing::info!("serving; stop with Ctrl-C or SIGTERM");
-    shutdown.recv().await;
+    let failed = tokio::select! {
+        _ = shutdown.recv() => None,
+        e = bridge.failed() => Some(e),
+    };
     teardown(sandbox, bridge).await;
-    Ok(ExitCode::SUCCESS)
+    match failed {
+        None => Ok(ExitCode::SUCCESS),
+        Some(e) => Err(anyhow::Error::new(e).context("the bridge failed")),
+    }
 }
 
 /// Opens the sandbox and deploys the bridge into it (closing the sandbox on failure).
@@ -186,6 +192,12 @@ async fn run_agent(
         signal = shutdown.recv() => {
             tracing::warn!(signal, "stopping the agent");
             terminate(agent.as_mut()).await?
+        }
+        e = bridge.failed() => {
+            // The agent cannot get answers any more: end the run with the bridge's error.
+            tracing::error!("the bridge failed; stopping the agent");
+            terminate(agent.as_mut()).await?;
+            return Err(anyhow::Error::new(e).context("the bridge failed"));
         }
     };
     Ok(exit_code(status))

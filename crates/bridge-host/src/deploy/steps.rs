@@ -1,0 +1,232 @@
+//! The deployment steps, each one exec (or a few) and each safe to repeat: prepare the
+//! queue, upload and install the binary, start the gateway (or find it started), check
+//! that it lives, read its log.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bridge_protocol::env as names;
+use bridge_protocol::wire::{self, ReadyFile};
+
+use super::retry::{exec_once, retried, Failure, RetryPolicy};
+use super::{scripts, DeployError};
+use crate::runner::{Exec, Runner};
+
+/// Bytes of the gateway binary sent per exec while uploading.
+const UPLOAD_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+/// Largest `ready.json` the host reads.
+const READY_LIMIT: usize = 64 * 1024;
+/// Lines of the gateway's log an error message carries.
+pub(crate) const LOG_TAIL_LINES: u32 = 40;
+
+/// Where things are in the sandbox, and how long a short exec may take.
+#[derive(Debug, Clone)]
+pub(crate) struct Place {
+    /// The queue directory.
+    pub(crate) queue: PathBuf,
+    /// The gateway binary.
+    pub(crate) binary: PathBuf,
+    /// Bound for the short set-up execs.
+    pub(crate) setup_timeout: Duration,
+    /// How deployment steps are retried.
+    pub(crate) retry: RetryPolicy,
+}
+
+impl Place {
+    fn exec(&self, script: impl Into<String>, timeout: Duration) -> Exec {
+        Exec::new(script, timeout)
+            .env("Q", path_text(&self.queue))
+            .env("BIN", path_text(&self.binary))
+    }
+}
+
+/// Everything the gateway is started with; the same for every restart, port included.
+#[derive(Clone)]
+pub(crate) struct Launch {
+    /// The bridge token agents present.
+    pub(crate) token: String,
+    /// This deployment's id: a gateway started by another deployment is not ours.
+    pub(crate) deploy_id: String,
+    /// The port to bind: 0 at first, then the one the first gateway got.
+    pub(crate) port: u16,
+    /// How long the gateway may take to write `ready.json`.
+    pub(crate) ready_timeout: Duration,
+    /// The gateway's own settings (`PAPERCLIP_BRIDGE_*` names and values).
+    pub(crate) settings: Vec<(&'static str, String)>,
+}
+
+impl fmt::Debug for Launch {
+    // The token is a secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Launch")
+            .field("port", &self.port)
+            .field("ready_timeout", &self.ready_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates the queue and returns the sha256 of the binary already in the sandbox (or
+/// `missing`).
+pub(crate) async fn prepare(runner: &dyn Runner, place: &Place) -> Result<String, DeployError> {
+    const STEP: &str = "preparing the queue directory";
+    retried(&place.retry, STEP, || async {
+        let out = exec_once(
+            runner,
+            STEP,
+            place.exec(scripts::PREPARE, place.setup_timeout),
+        )
+        .await?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let hex = text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit());
+        if hex || text == "missing" {
+            Ok(text)
+        } else {
+            Err(Failure::Channel(format!(
+                "garbled output: {}",
+                bridge_protocol::shown(&text)
+            )))
+        }
+    })
+    .await
+}
+
+/// Sends the binary through stdin in chunks, each stored under its own name, then joins
+/// and checks them and renames the result into place.
+pub(crate) async fn upload(
+    runner: &dyn Runner,
+    place: &Place,
+    binary: &[u8],
+    sha: &str,
+) -> Result<(), DeployError> {
+    const STEP: &str = "uploading the gateway";
+    let chunks: Vec<&[u8]> = if binary.is_empty() {
+        vec![&[]]
+    } else {
+        binary.chunks(UPLOAD_CHUNK_BYTES).collect()
+    };
+    for (i, chunk) in chunks.iter().enumerate() {
+        let exec = place
+            .exec(scripts::UPLOAD_CHUNK, place.setup_timeout)
+            .stdin(chunk.to_vec())
+            .env("SHA", sha)
+            .env("PART_SHA", super::sha256_hex(chunk))
+            .env("INDEX", format!("{i:06}"));
+        retried(&place.retry, STEP, || async {
+            exec_once(runner, STEP, exec.clone()).await.map(drop)
+        })
+        .await?;
+    }
+    const INSTALL: &str = "installing the gateway binary";
+    let exec = place
+        .exec(scripts::INSTALL, place.setup_timeout)
+        .env("SHA", sha)
+        .env("COUNT", chunks.len().to_string());
+    retried(&place.retry, INSTALL, || async {
+        exec_once(runner, INSTALL, exec.clone()).await.map(drop)
+    })
+    .await
+}
+
+/// Starts the gateway unless this deployment's already runs, and returns its `ready.json`.
+pub(crate) async fn start_gateway(
+    runner: &dyn Runner,
+    place: &Place,
+    launch: &Launch,
+) -> Result<ReadyFile, DeployError> {
+    const STEP: &str = "starting the gateway";
+    let exec = start_exec(place, launch);
+    retried(&place.retry, STEP, || async {
+        let out = exec_once(runner, STEP, exec.clone()).await?;
+        parse_ready(&String::from_utf8_lossy(&out.stdout)).map_err(Failure::Channel)
+    })
+    .await
+}
+
+/// The start script waits up to the ready time-out three times (for the lock, for
+/// another deployment's gateway to stop, for `ready.json`): its exec bound covers all.
+fn start_exec(place: &Place, launch: &Launch) -> Exec {
+    let tries = (launch.ready_timeout.as_millis() / 10).max(1).to_string();
+    let exec = place
+        .exec(
+            scripts::start(),
+            launch.ready_timeout * 3 + place.setup_timeout,
+        )
+        .env("TRIES", tries)
+        .env("DEPLOY", &launch.deploy_id)
+        .env(names::MODE, names::QUEUE_V1)
+        .env(names::QUEUE_DIR, path_text(&place.queue))
+        .env(names::TOKEN, &launch.token)
+        .env(names::HOST, "127.0.0.1")
+        .env(names::PORT, launch.port.to_string())
+        .env("RUST_LOG", "info");
+    launch
+        .settings
+        .iter()
+        .fold(exec, |e, (name, value)| e.env(*name, value.clone()))
+}
+
+/// `pid N` and then `ready.json`, as the start script prints them. Output that is not
+/// that was cut short or lost on the way: the caller tries again.
+fn parse_ready(text: &str) -> Result<ReadyFile, String> {
+    let garbled = || format!("garbled output: {}", bridge_protocol::shown(text));
+    let (first, json) = text.split_once('\n').ok_or_else(garbled)?;
+    if !first.starts_with("pid ") {
+        return Err(garbled());
+    }
+    wire::parse::<ReadyFile>(json.trim().as_bytes(), READY_LIMIT).map_err(|e| {
+        format!(
+            "the gateway's ready.json made no sense: {e}: {}",
+            bridge_protocol::shown(json)
+        )
+    })
+}
+
+/// What one liveness check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Health {
+    /// The gateway process runs.
+    Alive,
+    /// The sandbox says the gateway process is gone.
+    Dead,
+    /// The check itself failed (the channel): nothing is known.
+    Unknown(String),
+}
+
+/// One cheap exec: is the gateway in `server.pid` still running? Not retried: the next
+/// check is the retry, and only a clear "dead" from the sandbox counts.
+pub(crate) async fn check(runner: &dyn Runner, place: &Place) -> Health {
+    let exec = place.exec(scripts::check(), place.setup_timeout);
+    match exec_once(runner, "checking the gateway", exec).await {
+        Ok(out) => match String::from_utf8_lossy(&out.stdout).trim() {
+            "alive" => Health::Alive,
+            "dead" => Health::Dead,
+            other => Health::Unknown(format!("garbled output: {}", bridge_protocol::shown(other))),
+        },
+        Err(Failure::Channel(why)) => Health::Unknown(why),
+        Err(Failure::Fatal(e)) => Health::Unknown(bridge_protocol::shown_error(&e).to_string()),
+    }
+}
+
+/// The end of the gateway's log, bounded and escaped for an error message.
+pub(crate) async fn log_tail(runner: &dyn Runner, place: &Place) -> String {
+    const STEP: &str = "reading the gateway's log";
+    let exec = place
+        .exec(scripts::LOG_TAIL, place.setup_timeout)
+        .env("LINES", LOG_TAIL_LINES.to_string());
+    let read = retried(&place.retry, STEP, || async {
+        exec_once(runner, STEP, exec.clone()).await
+    })
+    .await;
+    match read {
+        Ok(out) => bridge_protocol::shown(&String::from_utf8_lossy(&out.stdout)).to_string(),
+        Err(e) => format!(
+            "(the log could not be read: {})",
+            bridge_protocol::shown_error(&e)
+        ),
+    }
+}
+
+pub(crate) fn path_text(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
