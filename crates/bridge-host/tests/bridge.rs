@@ -37,8 +37,7 @@ async fn setup_configured(
     transport: TransportKind,
     adjust: impl FnOnce(&mut BridgeConfig),
 ) -> Setup {
-    let recorder = Recorder::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (recorder, dir) = recorder_and_dir().await;
     let sandbox = Arc::new(BwrapSandbox::create(dir.path()).await.unwrap());
     let upstream = Upstream::new(
         &recorder.url,
@@ -323,21 +322,14 @@ fn sandbox_pids(sandbox: &BwrapSandbox) -> Vec<String> {
 
 #[tokio::test]
 async fn a_gateway_that_dies_at_start_is_reported_with_its_log() {
-    let recorder = Recorder::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (recorder, dir) = recorder_and_dir().await;
     let fake = dir.path().join("fake-gateway");
     std::fs::write(&fake, "#!/bin/sh\necho 'cannot listen: boom' >&2\nexit 1\n").unwrap();
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     let sandbox_dir = dir.path().join("sandbox");
     let sandbox = Arc::new(BwrapSandbox::create(&sandbox_dir).await.unwrap());
-    let upstream = Upstream::new(
-        &recorder.url,
-        Secret::new(REAL_KEY.into()),
-        None,
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let upstream = upstream_to(&recorder.url, Duration::from_secs(5));
     let mut config = BridgeConfig::new(fake, sandbox_dir, upstream);
     config.ready_timeout = Duration::from_secs(20);
     let started = std::time::Instant::now();
@@ -416,8 +408,7 @@ async fn a_gateway_killed_with_sigkill_is_restarted_and_calls_work_again() {
 
 #[tokio::test]
 async fn a_gateway_that_keeps_crashing_ends_the_run_with_its_log() {
-    let recorder = Recorder::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (recorder, dir) = recorder_and_dir().await;
     // Says it is ready, then dies: every start succeeds and every gateway crashes.
     let fake = dir.path().join("crashing-gateway");
     std::fs::write(
@@ -429,7 +420,7 @@ async fn a_gateway_that_keeps_crashing_ends_the_run_with_its_log() {
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     let sandbox_dir = dir.path().join("sandbox");
     let sandbox = Arc::new(BwrapSandbox::create(&sandbox_dir).await.unwrap());
-    let upstream = Upstream::new(&recorder.url, Secret::new(REAL_KEY.into()), None, T).unwrap();
+    let upstream = upstream_to(&recorder.url, T);
     let mut config = BridgeConfig::new(fake, sandbox_dir, upstream);
     // Not the session transport: the fake would be run as the session too.
     config.transport = TransportKind::Posix;

@@ -104,8 +104,7 @@ async fn the_agents_exit_status_is_ours() {
 
 #[tokio::test]
 async fn the_latency_injector_works_as_an_exec_prefix() {
-    let recorder = Recorder::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (recorder, dir) = recorder_and_dir().await;
     let prefix = format!(
         "'{}' delay-exec --delay-ms 40 --",
         env!("CARGO_BIN_EXE_paperclip-bridge")
@@ -185,8 +184,7 @@ async fn secret_looking_variables_need_the_explicit_flag() {
 
 #[tokio::test]
 async fn sigterm_stops_the_agent_and_tears_down_within_a_bound() {
-    let recorder = Recorder::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (recorder, dir) = recorder_and_dir().await;
     let mut command = cli(&recorder.url);
     command
         .args(["run", "--sandbox", "bwrap", "--workdir"])

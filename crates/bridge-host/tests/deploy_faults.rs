@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bridge_host::deploy::{Bridge, BridgeConfig, RetryPolicy};
-use bridge_host::proxy::{Secret, Upstream};
 use bridge_host::runner::{
     BoxFuture, Capabilities, Exec, ExecOutput, ExecStream, LocalRunner, Runner, RunnerError, Spawn,
 };
@@ -146,14 +145,20 @@ impl Runner for Flaky {
     }
 }
 
+/// Deploys through `flaky`, which must fail within `bound`; returns the error's text.
+async fn start_fails(flaky: &Arc<Flaky>, config: BridgeConfig, bound: Duration) -> String {
+    let started = Instant::now();
+    let err = Bridge::start(flaky.clone(), config)
+        .await
+        .unwrap_err()
+        .to_string();
+    eprintln!("error: {err}; faults injected: {:?}", flaky.injected());
+    assert!(started.elapsed() < bound, "not within {bound:?}: {err}");
+    err
+}
+
 fn config(recorder: &Recorder, dir: &Path) -> BridgeConfig {
-    let upstream = Upstream::new(
-        &recorder.url,
-        Secret::new(REAL_KEY.into()),
-        None,
-        Duration::from_secs(10),
-    )
-    .unwrap();
+    let upstream = upstream_to(&recorder.url, Duration::from_secs(10));
     let mut config = BridgeConfig::new(gateway_bin(), dir.to_path_buf(), upstream);
     config.worker.drain_timeout = Duration::from_millis(300);
     config.stop_grace = Duration::from_secs(5);
@@ -201,8 +206,7 @@ fn remote_binary(dir: &Path) -> PathBuf {
 #[tokio::test]
 async fn deployment_through_a_faulty_channel_starts_one_gateway_that_serves() {
     use Fault::*;
-    let recorder = Recorder::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (recorder, dir) = recorder_and_dir().await;
     // Faults from the first exec on, never more than two in a row (each step may try six
     // times); and the first start's result is lost after it started the gateway.
     let pattern = vec![
@@ -262,8 +266,7 @@ async fn deployment_through_a_faulty_channel_starts_one_gateway_that_serves() {
 
 #[tokio::test]
 async fn a_channel_that_always_fails_ends_deployment_with_a_clear_bounded_error() {
-    let recorder = Recorder::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (recorder, dir) = recorder_and_dir().await;
     let flaky = Flaky::new(Plan::Always(Fault::Refused), false);
     let mut config = config(&recorder, dir.path());
     config.retry = RetryPolicy {
@@ -271,16 +274,7 @@ async fn a_channel_that_always_fails_ends_deployment_with_a_clear_bounded_error(
         backoff_start: Duration::from_millis(20),
         backoff_cap: Duration::from_millis(100),
     };
-    let started = Instant::now();
-    let err = Bridge::start(flaky.clone(), config)
-        .await
-        .unwrap_err()
-        .to_string();
-    eprintln!("error: {err}; faults injected: {:?}", flaky.injected());
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "not within the bound"
-    );
+    let err = start_fails(&flaky, config, Duration::from_secs(30)).await;
     assert!(
         err.contains("preparing the queue directory"),
         "names the step: {err}"
@@ -295,22 +289,12 @@ async fn a_channel_that_always_fails_ends_deployment_with_a_clear_bounded_error(
 
 #[tokio::test]
 async fn a_stalled_channel_ends_deployment_within_the_bound() {
-    let recorder = Recorder::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (recorder, dir) = recorder_and_dir().await;
     let flaky = Flaky::new(Plan::Always(Fault::Hang), false);
     let mut config = config(&recorder, dir.path());
     config.setup_timeout = Duration::from_millis(200);
     config.retry.attempts = 2;
-    let started = Instant::now();
-    let err = Bridge::start(flaky.clone(), config)
-        .await
-        .unwrap_err()
-        .to_string();
-    eprintln!("error: {err}; faults injected: {:?}", flaky.injected());
-    assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "not within the bound"
-    );
+    let err = start_fails(&flaky, config, Duration::from_secs(60)).await;
     assert!(
         err.contains("2 attempts") && err.contains("no answer"),
         "{err}"
@@ -320,8 +304,7 @@ async fn a_stalled_channel_ends_deployment_within_the_bound() {
 
 #[tokio::test]
 async fn a_script_that_fails_on_its_own_is_not_retried() {
-    let recorder = Recorder::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (recorder, dir) = recorder_and_dir().await;
     // A file where the sandbox directory should be: mkdir fails in the script itself.
     let blocked = dir.path().join("not-a-dir");
     std::fs::write(&blocked, "").unwrap();
@@ -339,8 +322,7 @@ async fn a_script_that_fails_on_its_own_is_not_retried() {
 
 #[tokio::test]
 async fn a_second_deployment_on_one_queue_replaces_the_first_gateway() {
-    let recorder = Recorder::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (recorder, dir) = recorder_and_dir().await;
     let first = Bridge::start(Arc::new(LocalRunner), config(&recorder, dir.path()))
         .await
         .unwrap();

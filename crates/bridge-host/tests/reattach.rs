@@ -67,8 +67,7 @@ impl Drop for GatewayGuard {
 
 #[tokio::test]
 async fn a_worker_reattached_after_the_host_died_loses_and_doubles_nothing() {
-    let recorder = Recorder::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (recorder, dir) = recorder_and_dir().await;
     let (mut host, env) = up(&recorder, dir.path());
     let _gateway = GatewayGuard(dir.path().to_path_buf());
     let url = env["PAPERCLIP_API_URL"].as_str().unwrap().to_owned();

@@ -281,22 +281,6 @@ struct Counted<S> {
     busy: Arc<AtomicUsize>,
 }
 
-/// Counts one call while it lives (dropped when the call ends or is cancelled).
-struct Busy(Arc<AtomicUsize>);
-
-impl Busy {
-    fn enter(busy: &Arc<AtomicUsize>) -> Self {
-        busy.fetch_add(1, Ordering::Relaxed);
-        Self(busy.clone())
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 type CallFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
 impl<R, S> hyper::service::Service<R> for Counted<S>
@@ -309,7 +293,8 @@ where
     type Future = CallFuture<S::Response, S::Error>;
 
     fn call(&self, request: R) -> Self::Future {
-        let busy = Busy::enter(&self.busy);
+        // Counts one call while it lives (dropped when the call ends or is cancelled).
+        let busy = crate::tasks::CountGuard::new(&self.busy);
         let call = self.inner.call(request);
         Box::pin(async move {
             let answer = call.await;

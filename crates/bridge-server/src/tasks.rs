@@ -21,9 +21,9 @@ pub(crate) struct Tasks {
 #[derive(Debug, Clone)]
 pub(crate) struct StopSignal(watch::Receiver<bool>);
 
-/// Counts one live task for as long as it exists.
+/// Counts one in a shared count for as long as it exists (a live task, a call in progress).
 #[derive(Debug)]
-struct Live(Arc<AtomicUsize>);
+pub(crate) struct CountGuard(Arc<AtomicUsize>);
 
 impl Tasks {
     pub(crate) fn new() -> Self {
@@ -50,7 +50,7 @@ impl Tasks {
 
     /// `task`, counted in [`Tasks::live`] from now until it is finished or dropped.
     pub(crate) fn tracked<F: Future>(&self, task: F) -> impl Future<Output = F::Output> {
-        let live = Live::new(&self.live);
+        let live = CountGuard::new(&self.live);
         async move {
             let _live = live;
             task.await
@@ -88,14 +88,15 @@ impl StopSignal {
     }
 }
 
-impl Live {
-    fn new(count: &Arc<AtomicUsize>) -> Self {
+impl CountGuard {
+    /// Counts one more in `count` until the guard is dropped.
+    pub(crate) fn new(count: &Arc<AtomicUsize>) -> Self {
         count.fetch_add(1, Ordering::SeqCst);
         Self(count.clone())
     }
 }
 
-impl Drop for Live {
+impl Drop for CountGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }

@@ -161,7 +161,9 @@ async fn measure(
     dir: &std::path::Path,
     startup_ms: f64,
 ) -> Result<Value> {
-    let gateway_pid = bridge.ready().pid;
+    // In the sandbox's PID namespace `ready.json` holds the gateway's pid there; memory is
+    // read from this machine's /proc, so find its pid here.
+    let gateway_pid = gateway_pid(dir).unwrap_or(bridge.ready().pid);
     let execs = || bridge.worker().exec_count();
     let before = execs();
     let seq = load(runner, bridge, dir, &["--sequential", "60"]).await?;
@@ -268,6 +270,20 @@ fn pct(sorted: &[f64], p: usize) -> f64 {
         return f64::NAN;
     }
     sorted[((sorted.len() - 1) * p / 100).min(sorted.len() - 1)]
+}
+
+/// This machine's pid of the gateway deployed into `dir` (argv is its binary alone).
+fn gateway_pid(dir: &std::path::Path) -> Option<u32> {
+    let binary = bridge_host::deploy::BridgeConfig::remote_binary_in(dir);
+    let argv = format!("{}\0", binary.display());
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            (cmdline == argv.as_bytes()).then_some(pid)
+        })
 }
 
 /// The pid of the streaming transport's session process for `queue`, if there is one.

@@ -137,6 +137,17 @@ fn answer(seen: &Seen) -> Response {
     }
 }
 
+/// A recording upstream and a temporary directory: most tests' first two steps.
+pub async fn recorder_and_dir() -> (Recorder, tempfile::TempDir) {
+    (Recorder::start().await, tempfile::tempdir().unwrap())
+}
+
+/// The upstream at `url` with the real key and no run id, bounded by `timeout`.
+pub fn upstream_to(url: &str, timeout: Duration) -> bridge_host::proxy::Upstream {
+    let key = bridge_host::proxy::Secret::new(REAL_KEY.into());
+    bridge_host::proxy::Upstream::new(url, key, None, timeout).unwrap()
+}
+
 /// Every byte value, twice: not UTF-8.
 pub fn binary_blob() -> Vec<u8> {
     (0..512u32).map(|i| (i % 256) as u8).rev().collect()
