@@ -276,28 +276,24 @@ fn pct(sorted: &[f64], p: usize) -> f64 {
 fn gateway_pid(dir: &std::path::Path) -> Option<u32> {
     let binary = bridge_host::deploy::BridgeConfig::remote_binary_in(dir);
     let argv = format!("{}\0", binary.display());
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            (cmdline == argv.as_bytes()).then_some(pid)
-        })
+    find_pid(|cmdline| cmdline == argv.as_bytes())
 }
 
 /// The pid of the streaming transport's session process for `queue`, if there is one.
 fn session_pid(queue: &std::path::Path) -> Option<u32> {
     let needle = format!("session\0--queue-dir\0{}", queue.display());
+    find_pid(|cmdline| String::from_utf8_lossy(cmdline).contains(&needle))
+}
+
+/// The first process on this machine whose raw `/proc/PID/cmdline` `matches`.
+fn find_pid(matches: impl Fn(&[u8]) -> bool) -> Option<u32> {
     std::fs::read_dir("/proc")
         .ok()?
         .flatten()
         .find_map(|entry| {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
             let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            String::from_utf8_lossy(&cmdline)
-                .contains(&needle)
-                .then_some(pid)
+            matches(&cmdline).then_some(pid)
         })
 }
 
