@@ -253,3 +253,23 @@ async fn the_shipped_cli_carries_no_benchmark() {
         "{listed}"
     );
 }
+
+#[tokio::test]
+async fn the_demo_passes_in_the_default_sandbox() {
+    // The README's main job: the scripted agent is this binary, bound into the sandbox.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_paperclip-bridge"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("PAPERCLIP_BRIDGE_SERVER_BIN", gateway_bin())
+        .env("RUST_LOG", "warn")
+        .arg("demo")
+        .stdin(Stdio::null());
+    let out = output(command).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("demo passed"),
+        "{}",
+        text(&out)
+    );
+}

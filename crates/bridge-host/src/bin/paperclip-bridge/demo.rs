@@ -1,6 +1,6 @@
 //! `paperclip-bridge demo`: the whole bridge on this machine, with nothing to set up.
 //!
-//! A network-isolated sandbox, the bridge, a small built-in *demo upstream* (a stand-in
+//! The local sandbox (bubblewrap), the bridge, a small built-in *demo upstream* (a stand-in
 //! for the Paperclip API that shows what reached it), and a scripted agent inside the
 //! sandbox that first proves it cannot reach the host, then makes allowed and denied calls.
 
@@ -39,12 +39,13 @@ pub async fn demo(args: DemoArgs, mut shutdown: Shutdown) -> Result<ExitCode> {
         sandbox: SandboxKind::Bwrap,
         exec: None,
         workdir: None,
-        ro_bind: Vec::new(),
+        // The scripted agent is this very binary: a host file, shown read-only.
+        ro_bind: vec![std::env::current_exe().context("finding this binary")?],
         bind: Vec::new(),
     })
     .await?;
     println!(
-        "network-isolated sandbox ready (its files: {})",
+        "local sandbox (bubblewrap) ready (its files: {})",
         sandbox.workdir.display()
     );
     let outcome = async {
