@@ -276,12 +276,21 @@ fn bwrap_args(workdir: &Path, etc: &Path, mounts: &Mounts) -> Result<Vec<String>
         "1",
         "--hostname",
         "sandbox",
-        "--ro-bind",
-        "/usr",
-        "/usr",
     ]
     .map(String::from)
     .to_vec();
+    args.extend(system_args());
+    args.extend(etc_args(etc));
+    args.extend(dev_args());
+    args.extend(strings(["--perms", "0700", "--tmpfs", &lossy(workdir)]));
+    args.extend(mount_args(mounts)?);
+    args.extend(strings(["--chdir", &lossy(workdir)]));
+    Ok(args)
+}
+
+/// A read-only `/usr`, and `/bin`, `/lib*`, `/sbin` as the host has them.
+fn system_args() -> Vec<String> {
+    let mut args = strings(["--ro-bind", "/usr", "/usr"]).to_vec();
     for dir in SYSTEM_DIRS {
         let host = Path::new("/").join(dir);
         match std::fs::read_link(&host) {
@@ -292,27 +301,38 @@ fn bwrap_args(workdir: &Path, etc: &Path, mounts: &Mounts) -> Result<Vec<String>
             Err(_) => {}
         }
     }
+    args
+}
+
+/// The harmless host `/etc` entries, and our own `passwd`, `group` and `hosts` from `etc`.
+fn etc_args(etc: &Path) -> Vec<String> {
+    let mut args = Vec::new();
     for name in ETC_PASSTHROUGH {
         let host = format!("/etc/{name}");
         args.extend(strings(["--ro-bind-try", &host, &host]));
     }
     for name in ETC_OWN {
-        args.extend(strings([
-            "--ro-bind",
-            &lossy(etc.join(name)),
-            &format!("/etc/{name}"),
-        ]));
+        let ours = lossy(etc.join(name));
+        args.extend(strings(["--ro-bind", &ours, &format!("/etc/{name}")]));
     }
-    args.extend(strings([
-        "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm",
-    ]));
+    args
+}
+
+/// A fresh `/proc`, private `/tmp` and `/dev/shm`, and the few devices of [`DEVICES`].
+fn dev_args() -> Vec<String> {
+    let mut args = strings(["--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm"]).to_vec();
     for dev in DEVICES {
         args.extend(strings(["--dev-bind", dev, dev]));
     }
     for (link, to) in DEV_LINKS {
         args.extend(strings(["--symlink", to, link]));
     }
-    args.extend(strings(["--perms", "0700", "--tmpfs", &lossy(workdir)]));
+    args
+}
+
+/// The host paths the user chose, at the same paths inside.
+fn mount_args(mounts: &Mounts) -> Result<Vec<String>, RunnerError> {
+    let mut args = Vec::new();
     for (flag, paths) in [
         ("--ro-bind", &mounts.read_only),
         ("--bind", &mounts.writable),
@@ -322,7 +342,6 @@ fn bwrap_args(workdir: &Path, etc: &Path, mounts: &Mounts) -> Result<Vec<String>
             args.extend(strings([flag, &path, &path]));
         }
     }
-    args.extend(strings(["--chdir", &lossy(workdir)]));
     Ok(args)
 }
 
