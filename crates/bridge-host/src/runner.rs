@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub mod bwrap;
 pub mod command;
 pub mod delay;
+pub mod e2b;
 mod exec;
 pub mod memory;
 mod spawned;
@@ -22,6 +23,7 @@ mod spawned;
 pub use bwrap::{BwrapSandbox, Mounts};
 pub use command::{CommandRunner, LocalRunner};
 pub use delay::{delay_line, DelayRunner};
+pub use e2b::{E2bConfig, E2bError, E2bRunner, E2bSandbox};
 pub use exec::{MAX_ERROR_OUTPUT, MAX_OUTPUT};
 pub use memory::MemoryRunner;
 
@@ -120,6 +122,9 @@ pub struct Capabilities {
     pub streaming: bool,
     /// The sandbox's files are this machine's files (same paths). Only `LocalRunner`.
     pub shared_fs: bool,
+    /// Can write a file into the sandbox through the provider's own file API
+    /// ([`Runner::upload`]), cheaper than bytes through an exec's stdin.
+    pub upload: bool,
 }
 
 /// Why an exec could not be carried out (a script that ran and failed is not an error:
@@ -147,6 +152,29 @@ pub enum RunnerError {
     /// [`Runner::stream`] on a runner that cannot stream.
     #[error("this runner cannot stream")]
     NoStreaming,
+    /// [`Runner::upload`] on a runner without a file API.
+    #[error("this runner has no file upload")]
+    NoUpload,
+    /// A provider's API refused or failed a call (E2B's control plane, envd).
+    #[error("{message}")]
+    Provider {
+        /// Another attempt may succeed (the network, a 5xx, a cut stream).
+        transient: bool,
+        /// The call that failed and what came back, bounded and escaped.
+        message: String,
+    },
+}
+
+impl RunnerError {
+    /// The channel failed in a way another attempt may not meet again: the local client
+    /// could not start or its pipes broke, or the provider's API had a passing fault.
+    pub fn transient(&self) -> bool {
+        match self {
+            Self::Spawn { .. } | Self::Io(_) => true,
+            Self::Provider { transient, .. } => *transient,
+            Self::SandboxGone(_) | Self::Invalid(_) | Self::NoStreaming | Self::NoUpload => false,
+        }
+    }
 }
 
 /// A long-running script to start in the sandbox ([`Runner::stream`], [`Runner::spawn`]).
@@ -235,6 +263,14 @@ pub trait Runner: Send + Sync + fmt::Debug {
     /// this process's stdout and stderr, as it comes. Built on [`Runner::stream`].
     fn spawn(&self, spawn: Spawn) -> BoxFuture<'_, Result<Box<dyn Process>, RunnerError>> {
         Box::pin(async move { Ok(spawned::forward_output(self.stream(spawn).await?)) })
+    }
+
+    /// Writes `bytes` to `path` in the sandbox through the provider's file API; only when
+    /// `capabilities().upload` (else [`RunnerError::NoUpload`]). The file may be seen by
+    /// the sandbox's code before it is complete: write under a temporary name and check it.
+    fn upload(&self, path: PathBuf, bytes: Vec<u8>) -> BoxFuture<'_, Result<(), RunnerError>> {
+        let _ = (path, bytes);
+        Box::pin(async { Err(RunnerError::NoUpload) })
     }
 
     /// What this runner can do.

@@ -1,11 +1,13 @@
 //! Runners: the runner contract, written once and run over every runner (this machine's
-//! `sh`, an exec prefix, the namespace sandbox, a delayed channel, and the in-memory runner
-//! with no process at all), then what is particular to each: exec prefixes (environment
-//! through stdin, never argv), timeouts, and the namespace sandbox (the isolation proof).
+//! `sh`, an exec prefix, the namespace sandbox, a delayed channel, the in-memory runner
+//! with no process at all, and E2B's envd through the fake that E2B's SDK vouches for in
+//! `e2b.rs`), then what is particular to each: exec prefixes (environment through stdin,
+//! never argv), timeouts, and the namespace sandbox (the isolation proof).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod fake_e2b;
 
 use common::cmdlines_containing;
 use std::time::Duration;
@@ -98,6 +100,7 @@ async fn echo_lines(mut run: Invocation) -> i32 {
 struct Under {
     runner: Arc<dyn Runner>,
     sandbox: Option<Arc<BwrapSandbox>>,
+    e2b: Option<(bridge_host::runner::E2bSandbox, fake_e2b::FakeE2b)>,
     _dir: tempfile::TempDir,
 }
 
@@ -105,7 +108,17 @@ impl Under {
     async fn new(name: &str) -> Under {
         let dir = tempfile::tempdir().unwrap();
         let mut sandbox = None;
+        let mut e2b = None;
         let runner: Arc<dyn Runner> = match name {
+            "e2b" => {
+                let fake = fake_e2b::FakeE2b::start().await;
+                let made = bridge_host::runner::E2bSandbox::create(&fake.config(), "base")
+                    .await
+                    .unwrap();
+                let runner = made.runner();
+                e2b = Some((made, fake));
+                runner
+            }
             "local" => Arc::new(LocalRunner),
             "prefixed" => Arc::new(CommandRunner::parse("env --").unwrap()),
             "delayed" => Arc::new(DelayRunner::new(
@@ -122,6 +135,7 @@ impl Under {
         Under {
             runner,
             sandbox,
+            e2b,
             _dir: dir,
         }
     }
@@ -129,6 +143,9 @@ impl Under {
     async fn finish(self) {
         if let Some(sandbox) = self.sandbox {
             sandbox.destroy().await;
+        }
+        if let Some((sandbox, _fake)) = self.e2b {
+            sandbox.close().await.unwrap();
         }
     }
 }
@@ -252,7 +269,7 @@ macro_rules! contract {
                 under.finish().await;
             }
 
-            runners!(local, prefixed, sandboxed, delayed, memory);
+            runners!(local, prefixed, sandboxed, delayed, memory, e2b);
         }
     };
 }

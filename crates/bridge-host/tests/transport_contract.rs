@@ -1,13 +1,14 @@
 //! The transport contract, written once and run over every transport (stream, one-shot,
 //! POSIX, shared directory) and every runner that can carry it (this machine's `sh`, an
-//! exec prefix, a namespace sandbox whose files the host cannot see, a delayed channel, and
-//! the in-memory runner with no process at all). Each test is named
+//! exec prefix, a namespace sandbox whose files the host cannot see, a delayed channel, the
+//! in-memory runner with no process at all, and E2B's envd through the fake E2B). Each test is named
 //! `<scenario>::<transport>_<runner>`, so a failure says which; a failing scenario prints
 //! the queue directory's listing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod fake_e2b;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,6 +42,8 @@ struct Fixture {
     files: Arc<dyn Runner>,
     queue: PathBuf,
     sandbox: Option<Arc<BwrapSandbox>>,
+    /// An E2B sandbox in the fake E2B, kept for the fixture's life.
+    _e2b: Option<(bridge_host::runner::E2bSandbox, fake_e2b::FakeE2b)>,
     _dir: tempfile::TempDir,
 }
 
@@ -72,6 +75,19 @@ impl Fixture {
         fixture
     }
 
+    /// Over E2B's envd (the fake E2B), for both the transport and the test's own files.
+    async fn e2b(kind: Kind) -> Fixture {
+        let fake = fake_e2b::FakeE2b::start().await;
+        let made = bridge_host::runner::E2bSandbox::create(&fake.config(), "base")
+            .await
+            .unwrap();
+        let runner: Arc<dyn Runner> = made.runner();
+        let dir = tempfile::tempdir().unwrap();
+        let mut fixture = Fixture::with(kind, runner.clone(), runner, None, dir).await;
+        fixture._e2b = Some((made, fake));
+        fixture
+    }
+
     async fn with(
         kind: Kind,
         runner: Arc<dyn Runner>,
@@ -85,6 +101,7 @@ impl Fixture {
             files,
             queue: dir.path().join("queue"),
             sandbox,
+            _e2b: None,
             _dir: dir,
         };
         fixture.sh("mkdir -p requests responses", b"").await;
@@ -216,12 +233,15 @@ macro_rules! contract {
                 stream_delayed => Fixture::local(Kind::Stream, delayed()),
                 stream_sandboxed => Fixture::sandboxed(Kind::Stream),
                 stream_memory => Fixture::local(Kind::Stream, memory()),
+                stream_e2b => Fixture::e2b(Kind::Stream),
                 oneshot_local => Fixture::local(Kind::OneShot, Arc::new(LocalRunner)),
                 oneshot_sandboxed => Fixture::sandboxed(Kind::OneShot),
                 oneshot_memory => Fixture::local(Kind::OneShot, memory()),
+                oneshot_e2b => Fixture::e2b(Kind::OneShot),
                 posix_local => Fixture::local(Kind::Posix, Arc::new(LocalRunner)),
                 posix_prefixed => Fixture::local(Kind::Posix, prefixed()),
                 posix_sandboxed => Fixture::sandboxed(Kind::Posix),
+                posix_e2b => Fixture::e2b(Kind::Posix),
                 shared_fs => Fixture::local(Kind::SharedFs, Arc::new(LocalRunner)),
             }
         }

@@ -699,6 +699,7 @@ impl Runner for Lossy {
         Capabilities {
             streaming: self.loss == Loss::StreamReplies,
             shared_fs: false,
+            upload: false,
         }
     }
 }

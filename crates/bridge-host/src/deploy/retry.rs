@@ -13,7 +13,7 @@ use std::time::Duration;
 use bridge_protocol::{shown, shown_error};
 
 use super::DeployError;
-use crate::runner::{Exec, ExecOutput, Runner, RunnerError};
+use crate::runner::{Exec, ExecOutput, Runner};
 
 /// Attempts per deployment step, the first included, before deployment gives up.
 pub const DEPLOY_ATTEMPTS: u32 = 6;
@@ -107,7 +107,7 @@ pub(crate) async fn exec_once(
                 "no answer from the runner in {ms} ms"
             )));
         }
-        Ok(Err(e)) if transient(&e) => return Err(Failure::Channel(shown_error(&e).to_string())),
+        Ok(Err(e)) if e.transient() => return Err(Failure::Channel(shown_error(&e).to_string())),
         Ok(Err(source)) => return Err(Failure::Fatal(DeployError::Runner { step, source })),
         Ok(Ok(out)) => out,
     };
@@ -120,12 +120,6 @@ pub(crate) async fn exec_once(
     } else {
         Err(Failure::Fatal(failure))
     }
-}
-
-/// Runner errors that another attempt may not meet (the sandbox being gone, a malformed
-/// exec or a missing capability would be met again).
-fn transient(e: &RunnerError) -> bool {
-    matches!(e, RunnerError::Spawn { .. } | RunnerError::Io(_))
 }
 
 /// The exec, rather than the script, failed (or the script said it was transient).

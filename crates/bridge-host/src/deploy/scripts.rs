@@ -55,6 +55,18 @@ fi
 mv -f "$tmp" "$dir/$INDEX"
 "#;
 
+/// Where [`UPLOAD_CHUNK`] stores chunk `index` of the upload of `sha` for `binary` (the
+/// same name its script builds from `$BIN`, `$SHA` and `$INDEX`).
+pub(crate) fn upload_chunk_path(
+    binary: &std::path::Path,
+    sha: &str,
+    index: usize,
+) -> std::path::PathBuf {
+    let mut dir = binary.as_os_str().to_owned();
+    dir.push(format!(".upload-{sha}"));
+    std::path::PathBuf::from(dir).join(format!("{index:06}"))
+}
+
 /// Puts the uploaded binary in place: the `COUNT` chunks joined under a temp name, checked
 /// against `SHA`, renamed over `BIN`. Nothing to do if `BIN` already has that hash (an
 /// earlier attempt finished).

@@ -256,6 +256,7 @@ impl Runner for BwrapSandbox {
         Capabilities {
             streaming: true,
             shared_fs: false,
+            upload: false,
         }
     }
 }

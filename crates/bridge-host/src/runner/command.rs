@@ -37,6 +37,7 @@ impl Runner for LocalRunner {
         Capabilities {
             streaming: true,
             shared_fs: true,
+            upload: false,
         }
     }
 }
@@ -169,6 +170,7 @@ impl Runner for CommandRunner {
         Capabilities {
             streaming: true,
             shared_fs: false,
+            upload: false,
         }
     }
 }

@@ -63,6 +63,17 @@ impl Runner for DelayRunner {
         })
     }
 
+    fn upload(
+        &self,
+        path: std::path::PathBuf,
+        bytes: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(), RunnerError>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            self.inner.upload(path, bytes).await
+        })
+    }
+
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }

@@ -204,6 +204,7 @@ impl Runner for MemoryRunner {
         Capabilities {
             streaming: true,
             shared_fs: false,
+            upload: false,
         }
     }
 }
@@ -260,7 +261,7 @@ async fn not_found(mut run: Invocation) -> i32 {
 }
 
 /// Everything a pipe carries, up to `limit` bytes (the rest is drained unread).
-async fn read_bounded(mut pipe: DuplexStream, limit: usize) -> Vec<u8> {
+pub(super) async fn read_bounded(mut pipe: DuplexStream, limit: usize) -> Vec<u8> {
     let mut bytes = Vec::new();
     let _ = (&mut pipe).take(limit as u64).read_to_end(&mut bytes).await;
     let _ = tokio::io::copy(&mut pipe, &mut tokio::io::sink()).await;

@@ -20,6 +20,9 @@ pub enum SandboxKind {
     Local,
     /// Any exec prefix (`--exec 'docker exec -i BOX'`, `--exec 'ssh -T HOST'`, ...).
     Exec,
+    /// An E2B sandbox, created from `--e2b-template` (and killed at the end) or attached
+    /// to with `--e2b-sandbox`; reads E2B_API_KEY, E2B_DOMAIN, E2B_API_URL, E2B_DEBUG.
+    E2b,
 }
 
 /// How the worker reaches the queue.
@@ -59,6 +62,25 @@ pub struct SandboxArgs {
     /// only). Whatever is there is the agent's to read and change.
     #[arg(long = "bind", value_name = "PATH")]
     pub bind: Vec<PathBuf>,
+    #[command(flatten)]
+    pub e2b: E2bArgs,
+}
+
+/// E2B's settings (`--sandbox e2b`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct E2bArgs {
+    /// The template a new E2B sandbox is made from.
+    #[arg(long = "e2b-template", value_name = "NAME", default_value = "base")]
+    pub e2b_template: String,
+    /// Use this running E2B sandbox (left running at the end) instead of making one.
+    #[arg(long = "e2b-sandbox", value_name = "ID")]
+    pub e2b_sandbox: Option<String>,
+    /// Read the E2B API key from this file [default: the E2B_API_KEY variable].
+    #[arg(long = "e2b-api-key-file", value_name = "FILE")]
+    pub e2b_api_key_file: Option<PathBuf>,
+    /// The sandbox user commands run as [default: the template's].
+    #[arg(long = "e2b-user", value_name = "USER")]
+    pub e2b_user: Option<String>,
 }
 
 /// The upstream API and the real credential.

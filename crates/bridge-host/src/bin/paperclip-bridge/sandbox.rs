@@ -4,9 +4,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use bridge_host::runner::{BwrapSandbox, CommandRunner, LocalRunner, Mounts, Runner};
+use bridge_host::proxy::Secret;
+use bridge_host::runner::{
+    BwrapSandbox, CommandRunner, E2bConfig, E2bSandbox, LocalRunner, Mounts, Runner,
+};
 
-use crate::args::{SandboxArgs, SandboxKind};
+use crate::args::{E2bArgs, SandboxArgs, SandboxKind};
 
 /// A sandbox for the length of one command.
 #[derive(Debug)]
@@ -15,6 +18,7 @@ pub struct Sandbox {
     /// The bridge's directory inside the sandbox.
     pub workdir: PathBuf,
     bwrap: Option<Arc<BwrapSandbox>>,
+    e2b: Option<E2bSandbox>,
     /// A host directory we made and must remove.
     host_dir: Option<PathBuf>,
 }
@@ -40,6 +44,7 @@ impl Sandbox {
                     runner: sandbox.clone(),
                     workdir,
                     bwrap: Some(sandbox),
+                    e2b: None,
                     host_dir: made,
                 })
             }
@@ -49,6 +54,7 @@ impl Sandbox {
                     runner: Arc::new(LocalRunner),
                     workdir,
                     bwrap: None,
+                    e2b: None,
                     host_dir: made,
                 })
             }
@@ -67,6 +73,20 @@ impl Sandbox {
                         .clone()
                         .unwrap_or_else(|| PathBuf::from("/tmp/paperclip-bridge")),
                     bwrap: None,
+                    e2b: None,
+                    host_dir: None,
+                })
+            }
+            SandboxKind::E2b => {
+                let sandbox = open_e2b(&args.e2b).await?;
+                Ok(Self {
+                    runner: sandbox.runner(),
+                    workdir: args
+                        .workdir
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from("/tmp/paperclip-bridge")),
+                    bwrap: None,
+                    e2b: Some(sandbox),
                     host_dir: None,
                 })
             }
@@ -78,12 +98,43 @@ impl Sandbox {
         if let Some(sandbox) = self.bwrap {
             sandbox.destroy().await;
         }
+        if let Some(sandbox) = self.e2b {
+            let id = sandbox.id().to_owned();
+            if let Err(e) = sandbox.close().await {
+                tracing::warn!(sandbox = %id, error = %e, "could not end the E2B sandbox (E2B ends it when its time to live runs out)");
+            }
+        }
         if let Some(dir) = self.host_dir {
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 tracing::warn!(dir = %dir.display(), error = %e, "could not remove the sandbox directory");
             }
         }
     }
+}
+
+/// Creates or attaches to the E2B sandbox the flags name.
+async fn open_e2b(args: &E2bArgs) -> Result<E2bSandbox> {
+    let mut config = E2bConfig::from_env();
+    if let Some(file) = &args.e2b_api_key_file {
+        let key = std::fs::read_to_string(file)
+            .with_context(|| format!("reading --e2b-api-key-file {}", file.display()))?;
+        config.api_key = Some(Secret::new(key.trim().to_owned()));
+    }
+    config.user = args.e2b_user.clone();
+    let sandbox = match &args.e2b_sandbox {
+        Some(id) => E2bSandbox::attach(&config, id)
+            .await
+            .with_context(|| format!("attaching to the E2B sandbox {id}"))?,
+        None => E2bSandbox::create(&config, &args.e2b_template)
+            .await
+            .with_context(|| {
+                format!(
+                    "creating an E2B sandbox from template {}",
+                    args.e2b_template
+                )
+            })?,
+    };
+    Ok(sandbox)
 }
 
 /// The given directory, or a new private one under the system temp dir.
