@@ -145,6 +145,20 @@ async fn errors_name_the_call_and_what_came_back() {
 }
 
 #[tokio::test]
+async fn debug_mode_needs_no_control_plane_and_no_key() {
+    let fake = FakeE2b::start_debug().await;
+    let config = fake.config();
+    assert!(config.debug && config.api_key.is_none());
+    let sandbox = E2bSandbox::create(&config, "base").await.unwrap();
+    assert_eq!(sandbox.id(), bridge_host::runner::e2b::DEBUG_SANDBOX_ID);
+    let out = sandbox.runner().exec(Exec::new("echo local", T)).await.unwrap();
+    assert_eq!(out.stdout, b"local\n");
+    sandbox.close().await.unwrap();
+    assert_eq!(fake.calls("POST /v2/sandboxes"), 0);
+    assert_eq!(fake.calls("DELETE /sandboxes/{id}"), 0);
+}
+
+#[tokio::test]
 async fn a_killed_sandbox_refuses_execs_with_the_status() {
     let fake = FakeE2b::start().await;
     let sandbox = E2bSandbox::create(&fake.config(), "base").await.unwrap();

@@ -19,6 +19,8 @@ const STREAM_IDLE: Duration = Duration::from_secs(3 * KEEPALIVE_SECS + 5);
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 /// Bound for opening a TCP (and TLS) connection to envd.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound for one upload through the files API (a gateway binary is a few MiB).
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// One sandbox's envd.
 #[derive(Debug, Clone)]
@@ -158,9 +160,10 @@ impl Envd {
             .headers(self.headers.clone())
             .query(&query)
             .multipart(reqwest::multipart::Form::new().part("file", part))
+            .timeout(UPLOAD_TIMEOUT)
             .send()
             .await;
-        let response = sent.map_err(|e| E2bError::http(CALL, &e))?;
+        let response = sent.map_err(|e| timed_or_http(CALL, &e, UPLOAD_TIMEOUT))?;
         if !response.status().is_success() {
             return Err(error_answer(CALL, response).await);
         }
