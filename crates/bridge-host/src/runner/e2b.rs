@@ -81,8 +81,8 @@ impl E2bSandbox {
         }
         let control = Control::new(config)?;
         let record = control.create(template, config.sandbox_timeout).await?;
-        tracing::info!(sandbox = %record.sandbox_id, template, envd = %record.envd_version, "created an E2B sandbox");
-        Self::from_record(config, control, record, true)
+        tracing::info!(sandbox = %record.sandbox_id, template, envd = %bridge_protocol::shown(&record.envd_version), "created an E2B sandbox");
+        Self::from_record(config, control, record, true).await
     }
 
     /// The running sandbox `id`, which stays running after [`E2bSandbox::close`].
@@ -92,8 +92,8 @@ impl E2bSandbox {
         }
         let control = Control::new(config)?;
         let record = control.connect(id, config.sandbox_timeout).await?;
-        tracing::info!(sandbox = %record.sandbox_id, envd = %record.envd_version, "attached to an E2B sandbox");
-        Self::from_record(config, control, record, false)
+        tracing::info!(sandbox = %record.sandbox_id, envd = %bridge_protocol::shown(&record.envd_version), "attached to an E2B sandbox");
+        Self::from_record(config, control, record, false).await
     }
 
     fn debug(config: &E2bConfig) -> Result<Self, E2bError> {
@@ -110,27 +110,34 @@ impl E2bSandbox {
         })
     }
 
-    fn from_record(
+    async fn from_record(
         config: &E2bConfig,
         control: Control,
         record: wire::SandboxRecord,
         owned: bool,
     ) -> Result<Self, E2bError> {
-        let id = record.sandbox_id;
+        let id = record.sandbox_id.clone();
         let base = config.envd_url(&id, record.domain.as_deref());
-        let made = Envd::new(config, base, &id, record.envd_access_token.as_deref());
+        let made = control::check_envd(&record)
+            .and_then(|()| Envd::new(config, base, &id, record.envd_access_token.as_deref()));
         let envd = match made {
             Ok(envd) => envd,
             Err(e) => {
                 // We made it and cannot use it: it must not linger.
                 if owned {
-                    let (control, id) = (control.clone(), id.clone());
-                    tokio::spawn(async move { drop(control.kill(&id).await) });
+                    if let Err(kill) = control.kill(&id).await {
+                        tracing::warn!(sandbox = %id, error = %kill, "could not kill the unusable E2B sandbox");
+                    }
                 }
                 return Err(e);
             }
         };
-        let renewals = tokio::spawn(renew(control.clone(), id.clone(), config.sandbox_timeout));
+        let renew = Renewal {
+            control: control.clone(),
+            id: id.clone(),
+            ttl: config.sandbox_timeout,
+            attached: !owned,
+        };
         Ok(Self {
             id,
             runner: Arc::new(E2bRunner {
@@ -138,7 +145,7 @@ impl E2bSandbox {
             }),
             control: Some(control),
             owned,
-            renewals: Some(renewals),
+            renewals: Some(tokio::spawn(renew.run())),
         })
     }
 
@@ -176,14 +183,37 @@ impl Drop for E2bSandbox {
     }
 }
 
-/// Renews the sandbox's time to live at a third of it, so two renewals may fail in a row
-/// before E2B ends it.
-async fn renew(control: Control, id: String, ttl: std::time::Duration) {
-    let every = (ttl / 3).max(std::time::Duration::from_secs(1));
-    loop {
-        tokio::time::sleep(every).await;
-        if let Err(e) = control.set_timeout(&id, ttl).await {
-            tracing::warn!(sandbox = %id, error = %e, "could not renew the E2B sandbox's time to live");
+/// Keeps the sandbox alive while the bridge runs, renewing at a third of its time to live
+/// so two renewals may fail in a row before E2B ends it.
+struct Renewal {
+    control: Control,
+    id: String,
+    ttl: std::time::Duration,
+    /// An attached sandbox is renewed through `connect`, which only ever extends its life
+    /// (setting the timeout could cut short a sandbox its owner gave longer).
+    attached: bool,
+}
+
+impl Renewal {
+    async fn run(self) {
+        let every = (self.ttl / 3).max(std::time::Duration::from_secs(1));
+        loop {
+            tokio::time::sleep(every).await;
+            let renewed = if self.attached {
+                self.control.connect(&self.id, self.ttl).await.map(drop)
+            } else {
+                self.control.set_timeout(&self.id, self.ttl).await
+            };
+            match renewed {
+                Ok(()) => {}
+                Err(E2bError::Status { status: 404, .. }) => {
+                    tracing::error!(sandbox = %self.id, "the E2B sandbox is gone; no more renewals");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(sandbox = %self.id, error = %e, "could not renew the E2B sandbox's time to live");
+                }
+            }
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The fake envd's `process.Process` service over Connect with the JSON codec: `Start`
 //! (server stream: start, data, keepalive and end events, then the end-of-stream message),
 //! `SendInput`, `CloseStdin`, `SendSignal`, `List`. Processes outlive a client that goes
-//! away, as envd's do; `Connect-Timeout-Ms` bounds a process's life.
+//! away, as envd's do; `Connect-Timeout-Ms` bounds a process's life. Signals reach the
+//! process only, not its children, as envd's do.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -214,7 +215,7 @@ async fn run(
             },
             _ = tokio::time::sleep_until(drain_until) => break,
             _ = tokio::time::sleep_until(end_at.unwrap_or(far)) => {
-                signal_group(pid, rustix::process::Signal::KILL);
+                signal_pid(pid, rustix::process::Signal::KILL);
                 let _ = child.wait().await;
                 state.procs.lock().unwrap().remove(&pid);
                 let end = json!({"error": {"code": "deadline_exceeded", "message": "the process's deadline passed"}});
@@ -258,6 +259,14 @@ fn end_event(status: Option<std::io::Result<std::process::ExitStatus>>) -> Value
     }
 }
 
+/// Signals the process only, as envd does (`cmd.Process.Signal`): its children live on.
+fn signal_pid(pid: u32, signal: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}
+
+/// Signals the process and everything it started (the end of the whole sandbox).
 fn signal_group(pid: u32, signal: rustix::process::Signal) {
     if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
         let _ = rustix::process::kill_process_group(pid, signal);
@@ -379,7 +388,7 @@ async fn send_signal(St(state): St<Arc<State>>, headers: HeaderMap, body: Bytes)
             )
         }
     };
-    signal_group(pid, signal);
+    signal_pid(pid, signal);
     ok()
 }
 

@@ -59,8 +59,8 @@ pub struct RunArgs {
 }
 
 /// `run`: the agent's exit status becomes ours.
-pub async fn run(args: RunArgs, shutdown: Shutdown) -> Result<ExitCode> {
-    let (sandbox, bridge) = start(&args.up).await?;
+pub async fn run(args: RunArgs, mut shutdown: Shutdown) -> Result<ExitCode> {
+    let (sandbox, bridge) = start(&args.up, &mut shutdown).await?;
     let outcome = run_agent(&args, &sandbox, &bridge, shutdown).await;
     teardown(sandbox, bridge).await;
     outcome
@@ -68,7 +68,7 @@ pub async fn run(args: RunArgs, shutdown: Shutdown) -> Result<ExitCode> {
 
 /// `up`: print the agent environment as one JSON line and serve until a signal.
 pub async fn up(args: UpArgs, mut shutdown: Shutdown) -> Result<ExitCode> {
-    let (sandbox, bridge) = start(&args).await?;
+    let (sandbox, bridge) = start(&args, &mut shutdown).await?;
     let env: serde_json::Map<String, serde_json::Value> = bridge
         .agent_env()
         .into_iter()
@@ -87,18 +87,32 @@ pub async fn up(args: UpArgs, mut shutdown: Shutdown) -> Result<ExitCode> {
     }
 }
 
-/// Opens the sandbox and deploys the bridge into it (closing the sandbox on failure).
-async fn start(args: &UpArgs) -> Result<(Sandbox, BridgeHandle)> {
+/// Opens the sandbox and deploys the bridge into it; on a failure or a signal meanwhile,
+/// closes the sandbox again (a created E2B sandbox must not outlive the command).
+async fn start(args: &UpArgs, shutdown: &mut Shutdown) -> Result<(Sandbox, BridgeHandle)> {
     let config_without_dir = bridge_config(args, PathBuf::new())?;
+    // Making the sandbox is bounded and not interrupted: a create cut short could leave
+    // a provider's sandbox that we hold no id of.
     let sandbox = Sandbox::open(&args.sandbox).await?;
     let mut config = config_without_dir;
     config.sandbox_dir = sandbox.workdir.clone();
-    config.transport = transport(args, &sandbox)?;
-    match Bridge::start(sandbox.runner.clone(), config).await {
+    let deployed = match transport(args, &sandbox) {
+        Ok(kind) => {
+            config.transport = kind;
+            tokio::select! {
+                started = Bridge::start(sandbox.runner.clone(), config) => {
+                    started.context("deploying the bridge into the sandbox")
+                }
+                signal = shutdown.recv() => Err(anyhow::anyhow!("{signal} during deployment")),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    match deployed {
         Ok(bridge) => Ok((sandbox, bridge)),
         Err(e) => {
             sandbox.close().await;
-            Err(e).context("deploying the bridge into the sandbox")
+            Err(e)
         }
     }
 }

@@ -10,9 +10,9 @@ pub(crate) const FLAG_COMPRESSED: u8 = 0x01;
 pub(crate) const FLAG_END_STREAM: u8 = 0x02;
 /// Bytes of an envelope's header.
 const HEADER: usize = 5;
-/// Largest message accepted from envd: its output events carry small chunks, so anything
-/// bigger is a broken or hostile peer, and this bounds what the host buffers.
-pub(crate) const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// Largest message accepted from envd: its output events carry chunks of tens of KiB, so
+/// anything bigger is a broken or hostile peer, and this bounds what the host buffers.
+pub(crate) const MAX_MESSAGE: usize = 4 * 1024 * 1024;
 
 /// One message, framed.
 pub(crate) fn encode(flags: u8, payload: &[u8]) -> Vec<u8> {

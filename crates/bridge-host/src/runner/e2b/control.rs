@@ -9,16 +9,21 @@ use super::config::E2bConfig;
 use super::envd::{bounded_body, message_of};
 use super::error::E2bError;
 use super::wire::SandboxRecord;
+use crate::proxy::Secret;
 
 /// Longest sandbox id or template name we send in a URL.
 const MAX_NAME: usize = 128;
+/// Bound for creating a sandbox (as E2B's SDKs allow it).
+const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Oldest envd the runner works with: `CloseStdin` came in 0.5.2.
+pub(crate) const MIN_ENVD: (u32, u32, u32) = (0, 5, 2);
 
 /// The control plane, with our API key.
 #[derive(Debug, Clone)]
 pub(crate) struct Control {
     http: reqwest::Client,
     base: String,
-    key: String,
+    key: Secret,
     timeout: Duration,
 }
 
@@ -41,15 +46,17 @@ impl Control {
                 "E2B needs an API key: set E2B_API_KEY (or pass a key file), or E2B_DEBUG=true for a local envd".into(),
             ));
         };
+        // No redirects: the API key goes to the configured control plane only.
         let http = reqwest::Client::builder()
             .connect_timeout(config.request_timeout)
-            .timeout(config.request_timeout)
+            .timeout(CREATE_TIMEOUT.max(config.request_timeout))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| E2bError::Config(format!("cannot make an HTTP client: {e}")))?;
         Ok(Self {
             http,
             base: config.api_url.trim_end_matches('/').to_owned(),
-            key: key.expose().to_owned(),
+            key: key.clone(),
             timeout: config.request_timeout,
         })
     }
@@ -122,7 +129,13 @@ impl Control {
         call: &'static str,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, E2bError> {
-        let sent = request.header("x-api-key", &self.key).send().await;
+        let mut key = reqwest::header::HeaderValue::from_str(self.key.expose()).map_err(|_| {
+            E2bError::Config(
+                "the E2B API key is not a valid header value (a stray newline?)".into(),
+            )
+        })?;
+        key.set_sensitive(true);
+        let sent = request.header("x-api-key", key).send().await;
         let response = sent.map_err(|e| {
             if e.is_timeout() {
                 E2bError::TimedOut {
@@ -159,6 +172,33 @@ async fn record(
     Ok(record)
 }
 
+/// Refuses an envd older than [`MIN_ENVD`] (an unreadable version is given the benefit of
+/// the doubt: the calls that need a newer one fail with their own errors).
+pub(crate) fn check_envd(record: &SandboxRecord) -> Result<(), E2bError> {
+    if version(&record.envd_version).is_some_and(|v| v < MIN_ENVD) {
+        return Err(E2bError::Config(format!(
+            "sandbox {} has envd {}, older than the 0.5.2 the bridge needs (it cannot close a process's stdin): rebuild the template",
+            record.sandbox_id,
+            bridge_protocol::shown(&record.envd_version)
+        )));
+    }
+    Ok(())
+}
+
+/// `major.minor.patch` of a version string, if it is one.
+fn version(text: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = text.trim_start_matches('v').splitn(3, '.');
+    let mut next = || {
+        parts
+            .next()?
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((next()?, next()?, next()?))
+}
+
 /// Names that go into URL paths: E2B's ids are letters, digits, `-` and `_`.
 fn checked_name(call: &'static str, what: &str, name: &str) -> Result<(), E2bError> {
     let fine = !name.is_empty()
@@ -174,5 +214,19 @@ fn checked_name(call: &'static str, what: &str, name: &str) -> Result<(), E2bErr
             "{call}: {what} {:?} is not a valid E2B name",
             bridge_protocol::shown(name)
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_by_number() {
+        assert_eq!(version("0.5.2"), Some((0, 5, 2)));
+        assert_eq!(version("v0.10.1-rc1"), Some((0, 10, 1)));
+        assert!(version("0.4.9").is_some_and(|v| v < MIN_ENVD));
+        assert!(version("0.10.0").is_some_and(|v| v >= MIN_ENVD));
+        assert_eq!(version("dev"), None);
     }
 }

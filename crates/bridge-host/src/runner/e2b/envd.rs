@@ -13,8 +13,9 @@ use super::wire::{ProcessEvent, StartRequest, StartResponse};
 
 /// How often envd is asked to send a keepalive event on an idle process stream.
 pub(crate) const KEEPALIVE_SECS: u64 = 30;
-/// A process stream silent for this long (no output, no keepalive) is broken.
-const STREAM_IDLE: Duration = Duration::from_secs(3 * KEEPALIVE_SECS + 5);
+/// A process stream silent for this long (no output, no keepalive) is broken. Long enough
+/// for an older envd that ignores our interval and keeps its default of 90 s.
+const STREAM_IDLE: Duration = Duration::from_secs(2 * 90 + 10);
 /// Largest error body read from envd.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 /// Bound for opening a TCP (and TLS) connection to envd.
@@ -42,8 +43,10 @@ impl Envd {
     ) -> Result<Self, E2bError> {
         let mut headers = HeaderMap::new();
         let mut put = |name: &'static str, value: &str| -> Result<(), E2bError> {
-            let value = HeaderValue::from_str(value)
+            let mut value = HeaderValue::from_str(value)
                 .map_err(|_| E2bError::Config(format!("{name} is not a valid header value")))?;
+            // Credentials print as "Sensitive" and stay out of HTTP/2's header table.
+            value.set_sensitive(matches!(name, "x-access-token" | "authorization"));
             headers.insert(HeaderName::from_static(name), value);
             Ok(())
         };
@@ -57,8 +60,10 @@ impl Envd {
             let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:"));
             put("authorization", &format!("Basic {basic}"))?;
         }
+        // No redirects: an answer from the sandbox's side must not send our token elsewhere.
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| E2bError::Config(format!("cannot make an HTTP client: {e}")))?;
         Ok(Self {
@@ -114,6 +119,8 @@ impl Envd {
             .header("connect-content-encoding", "identity")
             .header("connect-accept-encoding", "identity")
             .header("keepalive-ping-interval", KEEPALIVE_SECS.to_string())
+            // What older envd builds read instead.
+            .header("x-keepalive-interval", KEEPALIVE_SECS.to_string())
             .body(connect::encode(0, &json));
         if let Some(deadline) = deadline {
             builder = builder.header(
@@ -121,26 +128,27 @@ impl Envd {
                 deadline.as_millis().max(1).to_string(),
             );
         }
-        let sent = tokio::time::timeout(self.request_timeout, builder.send()).await;
-        let response = match sent {
-            Err(_) => return Err(timed_out(CALL, self.request_timeout)),
-            Ok(r) => r.map_err(|e| E2bError::http(CALL, &e))?,
-        };
-        if !response.status().is_success() {
-            return Err(error_answer(CALL, response).await);
-        }
-        let mut events = Events {
-            response,
-            decoder: Decoder::default(),
-        };
-        let first = events.next().await?;
-        match first.and_then(|e| e.start) {
-            Some(start) => Ok((start.pid, events)),
-            None => Err(E2bError::Protocol {
-                call: CALL,
-                what: "the stream did not open with a start event".into(),
-            }),
-        }
+        // Sending and the first event share one bound: a trickling answer cannot hold it.
+        let opened = tokio::time::timeout(self.request_timeout, async {
+            let response = builder.send().await.map_err(|e| E2bError::http(CALL, &e))?;
+            if !response.status().is_success() {
+                return Err(error_answer(CALL, response).await);
+            }
+            let mut events = Events {
+                response,
+                decoder: Decoder::default(),
+            };
+            let first = events.next().await?;
+            match first.and_then(|e| e.start) {
+                Some(start) => Ok((start.pid, events)),
+                None => Err(E2bError::Protocol {
+                    call: CALL,
+                    what: "the stream did not open with a start event".into(),
+                }),
+            }
+        })
+        .await;
+        opened.unwrap_or_else(|_| Err(timed_out(CALL, self.request_timeout)))
     }
 
     /// Writes `bytes` to `path` through the files API (multipart, which every envd takes).

@@ -25,8 +25,9 @@ use crate::runner::{
 
 /// Bytes buffered in each pipe between envd's calls and the caller.
 const PIPE_BYTES: usize = 1024 * 1024;
-/// Most stdin bytes one `SendInput` carries.
-const INPUT_CHUNK: usize = 1024 * 1024;
+/// Most stdin bytes one `SendInput` carries: envd writes each into a pipe of 64 KiB, so a
+/// slow reader makes a big call slow, while small ones cost a round trip each.
+const INPUT_CHUNK: usize = 256 * 1024;
 /// The shell every script runs in.
 const SHELL: &str = "/bin/sh";
 
@@ -49,7 +50,20 @@ struct Running {
     stdout: DuplexStream,
     stderr: DuplexStream,
     ended: watch::Receiver<Option<Ended>>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Tasks,
+}
+
+/// The pumps of one process, stopped when it is let go of (a timed-out exec, a dropped
+/// stream): a hostile envd's keepalives must not keep them alive forever.
+#[derive(Debug, Default)]
+struct Tasks(Vec<JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// Starts `script` and connects its pipes; `deadline` bounds its life inside the sandbox.
@@ -72,10 +86,14 @@ async fn start(
     let (stdout, out_end) = tokio::io::duplex(PIPE_BYTES);
     let (stderr, err_end) = tokio::io::duplex(PIPE_BYTES);
     let (report, ended) = watch::channel(None);
-    let mut tasks = vec![tokio::spawn(pump_output(events, out_end, err_end, report))];
+    let mut tasks = Tasks(vec![tokio::spawn(pump_output(
+        events, out_end, err_end, report,
+    ))]);
     let stdin = stdin.then(|| {
         let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
-        tasks.push(tokio::spawn(pump_input(envd.clone(), pid, theirs)));
+        tasks
+            .0
+            .push(tokio::spawn(pump_input(envd.clone(), pid, theirs)));
         ours
     });
     Ok(Running {
@@ -220,7 +238,7 @@ pub(crate) async fn stream(envd: Arc<Envd>, spawn: Spawn) -> Result<ExecStream, 
             envd,
             pid,
             ended,
-            tasks,
+            _tasks: tasks,
         }),
     })
 }
@@ -230,8 +248,10 @@ pub(crate) async fn stream(envd: Arc<Envd>, spawn: Spawn) -> Result<ExecStream, 
 pub(crate) async fn exec(envd: Arc<Envd>, exec: Exec) -> Result<ExecOutput, RunnerError> {
     let script = with_cwd(&exec.script, exec.cwd.as_deref());
     let with_stdin = !exec.stdin.is_empty();
-    let started = tokio::time::timeout(
-        exec.timeout,
+    // One deadline for starting and finishing: the exec's bound is the whole exec's.
+    let deadline = tokio::time::Instant::now() + exec.timeout;
+    let started = tokio::time::timeout_at(
+        deadline,
         start(envd, &script, &exec.env, with_stdin, Some(exec.timeout)),
     )
     .await;
@@ -247,7 +267,7 @@ pub(crate) async fn exec(envd: Arc<Envd>, exec: Exec) -> Result<ExecOutput, Runn
         })
     });
     let (pid, envd) = (running.pid, running.envd.clone());
-    let collected = tokio::time::timeout(exec.timeout, collect(running)).await;
+    let collected = tokio::time::timeout_at(deadline, collect(running)).await;
     if let Some(feed) = feed {
         feed.abort();
     }
@@ -274,7 +294,7 @@ async fn collect(running: Running) -> Result<ExecOutput, RunnerError> {
         read_bounded(stderr, MAX_ERROR_OUTPUT)
     );
     let end = wait_ended(&mut ended).await;
-    drop(tasks);
+    drop(tasks); // both pumps are done or have nothing left to do
     match end? {
         Ended::Status(status) => Ok(ExecOutput {
             code: status.code,
@@ -315,7 +335,8 @@ struct E2bProcess {
     envd: Arc<Envd>,
     pid: u32,
     ended: watch::Receiver<Option<Ended>>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Held to stop the pumps when the process is let go of.
+    _tasks: Tasks,
 }
 
 impl Process for E2bProcess {
@@ -343,10 +364,8 @@ impl Process for E2bProcess {
 }
 
 impl Drop for E2bProcess {
+    // The pumps stop with `tasks`.
     fn drop(&mut self) {
         self.kill();
-        for task in &self.tasks {
-            task.abort();
-        }
     }
 }

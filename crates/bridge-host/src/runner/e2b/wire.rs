@@ -108,17 +108,34 @@ pub(crate) struct EndEvent {
 }
 
 impl EndEvent {
-    /// The signal named by Go's `ProcessState.String()` ("signal: killed").
+    /// The signal named by Go's `ProcessState.String()` ("signal: killed"), by its
+    /// number on Linux; 0 for a name we do not know.
     pub(crate) fn signal(&self) -> Option<i32> {
         let name = self.status.strip_prefix("signal: ")?;
-        Some(match name {
-            "killed" => 9,
-            "terminated" => 15,
-            "interrupt" => 2,
-            "hangup" => 1,
-            "broken pipe" => 13,
-            _ => 0,
-        })
+        let name = name.strip_suffix(" (core dumped)").unwrap_or(name);
+        const NAMES: &[(&str, i32)] = &[
+            ("hangup", 1),
+            ("interrupt", 2),
+            ("quit", 3),
+            ("illegal instruction", 4),
+            ("trace/breakpoint trap", 5),
+            ("aborted", 6),
+            ("bus error", 7),
+            ("floating point exception", 8),
+            ("killed", 9),
+            ("user defined signal 1", 10),
+            ("segmentation fault", 11),
+            ("user defined signal 2", 12),
+            ("broken pipe", 13),
+            ("alarm clock", 14),
+            ("terminated", 15),
+        ];
+        Some(
+            NAMES
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(0, |(_, s)| *s),
+        )
     }
 }
 
@@ -171,5 +188,10 @@ mod tests {
             serde_json::from_str(r#"{"event":{"end":{"exitCode":-1,"status":"signal: killed"}}}"#)
                 .unwrap();
         assert_eq!(r.event.end.unwrap().signal(), Some(9));
+        let core = EndEvent {
+            status: "signal: segmentation fault (core dumped)".into(),
+            ..EndEvent::default()
+        };
+        assert_eq!(core.signal(), Some(11));
     }
 }
