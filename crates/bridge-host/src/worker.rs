@@ -4,11 +4,12 @@
 //! worker started is answered "indeterminate" if it was unsafe.
 
 mod check;
+mod in_flight;
 mod respond;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bridge_protocol::codec::envelope_limit;
@@ -121,7 +122,7 @@ struct Shared {
     config: WorkerConfig,
     stats: Arc<Stats>,
     /// Ids taken and not yet delivered.
-    in_flight: Mutex<HashSet<String>>,
+    in_flight: in_flight::InFlight,
 }
 
 /// Starts workers.
@@ -152,7 +153,7 @@ impl Worker {
             policy,
             config,
             stats: stats.clone(),
-            in_flight: Mutex::new(HashSet::new()),
+            in_flight: in_flight::InFlight::default(),
         });
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run(shared, stopped));
@@ -205,6 +206,9 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     let mut lost_claims = false;
     while !*stopped.borrow() {
         let opts = take_options(&shared, recovering || lost_claims);
+        if opts.include_claimed {
+            shared.in_flight.recovery_sent();
+        }
         let taken = tokio::select! {
             taken = shared.transport.take(opts) => taken,
             _ = stopped.changed() => break,
@@ -234,9 +238,11 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                 }
                 recovering = false;
                 lost_claims = false;
+                shared.in_flight.recovery_done();
                 while handlers.try_join_next().is_some() {}
             }
             Err(e) => {
+                shared.in_flight.recovery_done();
                 lost_claims = true;
                 let wait = shared.transport_failed("take", &e, &mut backoff);
                 tokio::select! {
@@ -284,9 +290,7 @@ async fn drain(shared: &Shared, handlers: &mut JoinSet<()>) {
     );
     handlers.abort_all();
     while handlers.join_next().await.is_some() {}
-    if let Ok(mut in_flight) = shared.in_flight.lock() {
-        in_flight.clear();
-    }
+    shared.in_flight.clear();
 }
 
 /// Answers everything still queued, so no caller hangs: 503, or indeterminate for an
@@ -393,8 +397,8 @@ impl Shared {
 
     /// Marks a taken request in flight; `None` if it already is.
     fn admit(&self, incoming: Taken) -> Option<Taken> {
-        let mut in_flight = self.in_flight.lock().ok()?;
-        if !in_flight.insert(incoming.id.clone()) {
+        if !self.in_flight.admit(&incoming.id) {
+            tracing::debug!(id = %shown(&incoming.id), "already in hand or answered; not taken again");
             return None;
         }
         self.stats.taken.fetch_add(1, Ordering::Relaxed);
@@ -402,9 +406,7 @@ impl Shared {
     }
 
     fn finish(&self, id: &str) {
-        if let Ok(mut in_flight) = self.in_flight.lock() {
-            in_flight.remove(id);
-        }
+        self.in_flight.finish(id);
     }
 
     /// Records each answer's outcome; returns the ids of those that failed (to retry:

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bridge_protocol::ops::{Command, Reply};
 
@@ -44,8 +44,46 @@ pub struct StreamTransport {
     opened: AtomicU64,
 }
 
+/// How long the ids a recovering take returned are remembered: far longer than any
+/// cancelled poll can take to answer (its wait plus the reply bound).
+const RECOVERED_MEMORY: Duration = Duration::from_secs(600);
+/// Most ids remembered (a recovery returns at most a queue's worth).
+const RECOVERED_MAX: usize = 65_536;
+
 /// Taken requests whose take call was dropped before the reply came.
-type Orphans = Arc<Mutex<Vec<Taken>>>;
+type Orphans = Arc<Mutex<OrphanState>>;
+
+#[derive(Debug, Default)]
+struct OrphanState {
+    /// Orphans to hand to the next take.
+    pending: Vec<Taken>,
+    /// Requests recovering takes returned, and when. A poll cancelled for a recovering take
+    /// may have claimed one of them and answer late: by then it may be forwarded and
+    /// answered, so that late copy must be dropped, not forwarded a second time.
+    recovered: VecDeque<(String, Instant)>,
+}
+
+impl OrphanState {
+    fn was_recovered(&self, id: &str) -> bool {
+        self.recovered.iter().any(|(r, _)| r == id)
+    }
+
+    fn remember_recovered(&mut self, taken: &[Taken]) {
+        let now = Instant::now();
+        while self
+            .recovered
+            .front()
+            .is_some_and(|(_, at)| now.duration_since(*at) > RECOVERED_MEMORY)
+            || self.recovered.len() + taken.len() > RECOVERED_MAX
+        {
+            if self.recovered.pop_front().is_none() {
+                break;
+            }
+        }
+        self.recovered
+            .extend(taken.iter().map(|t| (t.id.clone(), now)));
+    }
+}
 
 impl StreamTransport {
     /// `binary` is the gateway's path inside the sandbox.
@@ -125,7 +163,13 @@ impl StreamTransport {
         let orphans = self.orphans.clone();
         Arc::new(move |reply| {
             if let (Reply::Taken(taken), Ok(mut orphans)) = (reply, orphans.lock()) {
-                orphans.extend(taken);
+                for t in taken {
+                    if orphans.was_recovered(&t.id) {
+                        tracing::debug!(id = %bridge_protocol::shown(&t.id), "a late take's request was already recovered");
+                    } else {
+                        orphans.pending.push(t);
+                    }
+                }
             }
         })
     }
@@ -176,8 +220,12 @@ impl Transport for StreamTransport {
             }
             if let Ok(mut orphans) = self.orphans.lock() {
                 // A recovering take sees an orphan's claim: the orphan (ours, unsent) wins.
-                taken.retain(|t| !orphans.iter().any(|o| o.id == t.id));
-                taken.splice(0..0, orphans.drain(..));
+                taken.retain(|t| !orphans.pending.iter().any(|o| o.id == t.id));
+                if opts.include_claimed {
+                    orphans.remember_recovered(&taken);
+                }
+                let pending = std::mem::take(&mut orphans.pending);
+                taken.splice(0..0, pending);
             }
             Ok(taken)
         })
