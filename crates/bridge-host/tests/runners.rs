@@ -1,7 +1,8 @@
 //! Runners: the runner contract, written once and run over every runner (this machine's
-//! `sh`, an exec prefix, the namespace sandbox, a delayed channel, and the in-memory runner
-//! with no process at all), then what is particular to each: exec prefixes (environment
-//! through stdin, never argv), timeouts, and the namespace sandbox (the isolation proof).
+//! `sh`, an exec prefix, a stand-in `ssh` that joins its words as ssh does, the namespace
+//! sandbox, a delayed channel, and the in-memory runner with no process at all), then
+//! what is particular to each: exec prefixes (environment through stdin, never argv),
+//! timeouts, and the namespace sandbox (the isolation proof).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -101,6 +102,18 @@ struct Under {
     _dir: tempfile::TempDir,
 }
 
+/// What ssh does with the words after the host, without ssh: joins them with spaces and
+/// has a shell split them again. A program by that name, so the runner treats it as ssh.
+const JOINING_SSH: &str = "#!/bin/sh\nexec sh -c \"$*\"\n";
+
+fn joining_ssh(dir: &std::path::Path) -> CommandRunner {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join("ssh");
+    std::fs::write(&path, JOINING_SSH).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    CommandRunner::new(vec![path.to_string_lossy().into_owned()]).unwrap()
+}
+
 impl Under {
     async fn new(name: &str) -> Under {
         let dir = tempfile::tempdir().unwrap();
@@ -108,6 +121,7 @@ impl Under {
         let runner: Arc<dyn Runner> = match name {
             "local" => Arc::new(LocalRunner),
             "prefixed" => Arc::new(CommandRunner::parse("env --").unwrap()),
+            "joined" => Arc::new(joining_ssh(dir.path())),
             "delayed" => Arc::new(DelayRunner::new(
                 Arc::new(LocalRunner),
                 Duration::from_millis(20),
@@ -170,6 +184,14 @@ async fn a_process_gets_only_what_is_passed(runner: &dyn Runner) {
         "{env} {}",
         out.stderr_text()
     );
+    // Nothing of the far side's own either (a login shell's HOME, USER, MAIL):
+    // what a shell sets for itself at most.
+    for name in env.lines().filter_map(|l| l.split('=').next()) {
+        assert!(
+            ["PATH", "LANG", "PASSED_VAR", "PWD", "SHLVL", "_", "OLDPWD"].contains(&name),
+            "unexpected variable {name} in {env}"
+        );
+    }
 }
 
 async fn an_exec_past_its_bound_is_timed_out(runner: &dyn Runner) {
@@ -252,7 +274,7 @@ macro_rules! contract {
                 under.finish().await;
             }
 
-            runners!(local, prefixed, sandboxed, delayed, memory);
+            runners!(local, prefixed, joined, sandboxed, delayed, memory);
         }
     };
 }
