@@ -1,14 +1,16 @@
 //! Runners: the runner contract, written once and run over every runner (this machine's
-//! `sh`, an exec prefix, a stand-in `ssh` that joins its words as ssh does, the namespace
-//! sandbox, a delayed channel, and the in-memory runner with no process at all), then
-//! what is particular to each: exec prefixes (environment through stdin, never argv),
-//! timeouts, and the namespace sandbox (the isolation proof).
+//! `sh`, an exec prefix, real OpenSSH into a namespace sandbox, a stand-in `ssh` that
+//! joins its words as ssh does, the namespace sandbox, a delayed channel, and the
+//! in-memory runner with no process at all), then what is particular to each: exec
+//! prefixes (environment through stdin, never argv), timeouts, and the namespace sandbox
+//! (the isolation proof).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use common::cmdlines_containing;
+use common::ssh::SshSandbox;
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -99,6 +101,7 @@ async fn echo_lines(mut run: Invocation) -> i32 {
 struct Under {
     runner: Arc<dyn Runner>,
     sandbox: Option<Arc<BwrapSandbox>>,
+    _ssh: Option<SshSandbox>,
     _dir: tempfile::TempDir,
 }
 
@@ -117,11 +120,17 @@ fn joining_ssh(dir: &std::path::Path) -> CommandRunner {
 impl Under {
     async fn new(name: &str) -> Under {
         let dir = tempfile::tempdir().unwrap();
-        let mut sandbox = None;
+        let (mut sandbox, mut ssh) = (None, None);
         let runner: Arc<dyn Runner> = match name {
             "local" => Arc::new(LocalRunner),
             "prefixed" => Arc::new(CommandRunner::parse("env --").unwrap()),
             "joined" => Arc::new(joining_ssh(dir.path())),
+            "ssh" => {
+                let made = SshSandbox::start();
+                let runner = made.runner();
+                ssh = Some(made);
+                Arc::new(runner)
+            }
             "delayed" => Arc::new(DelayRunner::new(
                 Arc::new(LocalRunner),
                 Duration::from_millis(20),
@@ -136,6 +145,7 @@ impl Under {
         Under {
             runner,
             sandbox,
+            _ssh: ssh,
             _dir: dir,
         }
     }
@@ -184,7 +194,7 @@ async fn a_process_gets_only_what_is_passed(runner: &dyn Runner) {
         "{env} {}",
         out.stderr_text()
     );
-    // Nothing of the far side's own either (a login shell's HOME, USER, MAIL):
+    // Nothing of the far side's own either (an ssh session's HOME, USER, SSH_CONNECTION):
     // what a shell sets for itself at most.
     for name in env.lines().filter_map(|l| l.split('=').next()) {
         assert!(
@@ -274,7 +284,7 @@ macro_rules! contract {
                 under.finish().await;
             }
 
-            runners!(local, prefixed, joined, sandboxed, delayed, memory);
+            runners!(local, prefixed, joined, ssh, sandboxed, delayed, memory);
         }
     };
 }
