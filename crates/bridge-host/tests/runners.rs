@@ -1,6 +1,6 @@
 //! Runners: the runner contract, written once and run over every runner (this machine's
-//! `sh`, an exec prefix, real OpenSSH into a namespace sandbox, a stand-in `ssh` that
-//! joins its words as ssh does, the namespace sandbox, a delayed channel, and the
+//! `sh`, an exec prefix, real OpenSSH into a namespace sandbox, `podman exec -i` into a
+//! container, a stand-in `ssh` that joins its words as ssh does, the namespace sandbox, a delayed channel, and the
 //! in-memory runner with no process at all), then what is particular to each: exec
 //! prefixes (environment through stdin, never argv), timeouts, and the namespace sandbox
 //! (the isolation proof).
@@ -10,6 +10,7 @@
 mod common;
 
 use common::cmdlines_containing;
+use common::podman::PodmanBox;
 use common::ssh::SshSandbox;
 use std::time::Duration;
 
@@ -102,6 +103,7 @@ struct Under {
     runner: Arc<dyn Runner>,
     sandbox: Option<Arc<BwrapSandbox>>,
     _ssh: Option<SshSandbox>,
+    _podman: Option<PodmanBox>,
     _dir: tempfile::TempDir,
 }
 
@@ -120,7 +122,7 @@ fn joining_ssh(dir: &std::path::Path) -> CommandRunner {
 impl Under {
     async fn new(name: &str) -> Under {
         let dir = tempfile::tempdir().unwrap();
-        let (mut sandbox, mut ssh) = (None, None);
+        let (mut sandbox, mut ssh, mut podman) = (None, None, None);
         let runner: Arc<dyn Runner> = match name {
             "local" => Arc::new(LocalRunner),
             "prefixed" => Arc::new(CommandRunner::parse("env --").unwrap()),
@@ -129,6 +131,12 @@ impl Under {
                 let made = SshSandbox::start();
                 let runner = made.runner();
                 ssh = Some(made);
+                Arc::new(runner)
+            }
+            "podman" => {
+                let made = PodmanBox::start();
+                let runner = made.runner();
+                podman = Some(made);
                 Arc::new(runner)
             }
             "delayed" => Arc::new(DelayRunner::new(
@@ -146,6 +154,7 @@ impl Under {
             runner,
             sandbox,
             _ssh: ssh,
+            _podman: podman,
             _dir: dir,
         }
     }
@@ -284,7 +293,7 @@ macro_rules! contract {
                 under.finish().await;
             }
 
-            runners!(local, prefixed, joined, ssh, sandboxed, delayed, memory);
+            runners!(local, prefixed, joined, ssh, podman, sandboxed, delayed, memory);
         }
     };
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod podman;
 pub mod ssh;
 
 use std::path::{Path, PathBuf};
