@@ -1,8 +1,10 @@
 //! Runners: the runner contract, written once and run over every runner (this machine's
-//! `sh`, an exec prefix, the namespace sandbox, a delayed channel, the in-memory runner
-//! with no process at all, and E2B's envd through the fake that E2B's SDK vouches for in
-//! `e2b.rs`), then what is particular to each: exec prefixes (environment through stdin,
-//! never argv), timeouts, and the namespace sandbox (the isolation proof).
+//! `sh`, an exec prefix, real OpenSSH into a namespace sandbox, `podman exec -i` into a
+//! container, a stand-in `ssh` that joins its words as ssh does, the namespace sandbox, a
+//! delayed channel, the in-memory runner with no process at all, and E2B's envd through
+//! the fake that E2B's SDK vouches for in `e2b.rs`), then what is particular to each: exec
+//! prefixes (environment through stdin, never argv), timeouts, and the namespace sandbox
+//! (the isolation proof).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,6 +12,8 @@ mod common;
 mod fake_e2b;
 
 use common::cmdlines_containing;
+use common::podman::PodmanBox;
+use common::ssh::SshSandbox;
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -101,13 +105,27 @@ struct Under {
     runner: Arc<dyn Runner>,
     sandbox: Option<Arc<BwrapSandbox>>,
     e2b: Option<(bridge_host::runner::E2bSandbox, fake_e2b::FakeE2b)>,
+    _ssh: Option<SshSandbox>,
+    _podman: Option<PodmanBox>,
     _dir: tempfile::TempDir,
+}
+
+/// What ssh does with the words after the host, without ssh: joins them with spaces and
+/// has a shell split them again. A program by that name, so the runner treats it as ssh.
+const JOINING_SSH: &str = "#!/bin/sh\nexec sh -c \"$*\"\n";
+
+fn joining_ssh(dir: &std::path::Path) -> CommandRunner {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join("ssh");
+    std::fs::write(&path, JOINING_SSH).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    CommandRunner::new(vec![path.to_string_lossy().into_owned()]).unwrap()
 }
 
 impl Under {
     async fn new(name: &str) -> Under {
         let dir = tempfile::tempdir().unwrap();
-        let mut sandbox = None;
+        let (mut sandbox, mut ssh, mut podman) = (None, None, None);
         let mut e2b = None;
         let runner: Arc<dyn Runner> = match name {
             "e2b" => {
@@ -121,6 +139,19 @@ impl Under {
             }
             "local" => Arc::new(LocalRunner),
             "prefixed" => Arc::new(CommandRunner::parse("env --").unwrap()),
+            "joined" => Arc::new(joining_ssh(dir.path())),
+            "ssh" => {
+                let made = SshSandbox::start();
+                let runner = made.runner();
+                ssh = Some(made);
+                Arc::new(runner)
+            }
+            "podman" => {
+                let made = PodmanBox::start();
+                let runner = made.runner();
+                podman = Some(made);
+                Arc::new(runner)
+            }
             "delayed" => Arc::new(DelayRunner::new(
                 Arc::new(LocalRunner),
                 Duration::from_millis(20),
@@ -136,6 +167,8 @@ impl Under {
             runner,
             sandbox,
             e2b,
+            _ssh: ssh,
+            _podman: podman,
             _dir: dir,
         }
     }
@@ -187,6 +220,14 @@ async fn a_process_gets_only_what_is_passed(runner: &dyn Runner) {
         "{env} {}",
         out.stderr_text()
     );
+    // Nothing of the far side's own either (an ssh session's HOME, USER, SSH_CONNECTION):
+    // what a shell sets for itself at most.
+    for name in env.lines().filter_map(|l| l.split('=').next()) {
+        assert!(
+            ["PATH", "LANG", "PASSED_VAR", "PWD", "SHLVL", "_", "OLDPWD"].contains(&name),
+            "unexpected variable {name} in {env}"
+        );
+    }
 }
 
 async fn an_exec_past_its_bound_is_timed_out(runner: &dyn Runner) {
@@ -269,7 +310,7 @@ macro_rules! contract {
                 under.finish().await;
             }
 
-            runners!(local, prefixed, sandboxed, delayed, memory, e2b);
+            runners!(local, prefixed, joined, ssh, podman, sandboxed, delayed, memory, e2b);
         }
     };
 }

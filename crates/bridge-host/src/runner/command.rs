@@ -51,6 +51,12 @@ fn local_sh(script: &str, cwd: Option<&std::path::Path>, env: Vec<(String, Strin
 
 /// Runs scripts through an exec prefix: `<prefix...> sh -c <script>`.
 ///
+/// Most prefixes (`docker exec -i BOX`, `kubectl exec -i POD --`) pass the words after
+/// them on as argv. `ssh` does not: it joins them with spaces into one line that the
+/// remote user's shell splits again, so a script with spaces, quotes or newlines would
+/// arrive in pieces. For such prefixes the words go as one line quoted for POSIX `sh`
+/// ([`CommandRunner::joins_words`]; automatic when the prefix's program is `ssh`).
+///
 /// The local environment does not cross a remote exec, so [`Exec::env`] travels in the
 /// exec's stdin, ahead of the caller's stdin: a line with a count, then `export` lines
 /// that a small prelude reads and evaluates. Values never appear in an argument list.
@@ -59,6 +65,8 @@ pub struct CommandRunner {
     prefix: Vec<String>,
     /// Host variables removed from the prefix program's environment.
     hidden: Vec<String>,
+    /// The far side runs the words after the prefix as one shell command line (ssh).
+    joined: bool,
 }
 
 /// The whole environment a script starts with on the far side of a prefix (then the
@@ -90,6 +98,7 @@ impl CommandRunner {
             return Err(RunnerError::Invalid("the exec prefix is empty".into()));
         }
         Ok(Self {
+            joined: is_ssh(&prefix[0]),
             prefix,
             hidden: Vec::new(),
         })
@@ -105,13 +114,20 @@ impl CommandRunner {
     /// this process's environment; the environment is cleared on the far side, inside the
     /// sandbox, so no host variable reaches the script.
     fn command(&self, script: String) -> Command {
+        let far: Vec<String> = ["env", "-i"]
+            .into_iter()
+            .chain(FAR_ENV)
+            .chain(["sh", "-c"])
+            .map(String::from)
+            .chain([script])
+            .collect();
         let mut command = Command::new(&self.prefix[0]);
-        command
-            .args(&self.prefix[1..])
-            .args(["env", "-i"])
-            .args(FAR_ENV)
-            .args(["sh", "-c"])
-            .arg(script);
+        command.args(&self.prefix[1..]);
+        if self.joined {
+            command.arg(crate::shell::join(&far));
+        } else {
+            command.args(far);
+        }
         for name in &self.hidden {
             command.env_remove(name);
         }
@@ -124,6 +140,22 @@ impl CommandRunner {
         self.hidden.push(name.to_owned());
         self
     }
+
+    /// Whether the far side runs the words after the prefix as one shell command line,
+    /// as `ssh` does (then they are sent quoted, as one word). Set automatically for a
+    /// prefix whose program is `ssh`; set it for wrappers of ssh (`gcloud compute ssh
+    /// VM --`), clear it for a program called `ssh` that passes argv on.
+    pub fn joins_words(mut self, joined: bool) -> Self {
+        self.joined = joined;
+        self
+    }
+}
+
+/// The prefix's program is OpenSSH's client (by name, with or without a directory).
+fn is_ssh(program: &str) -> bool {
+    std::path::Path::new(program)
+        .file_name()
+        .is_some_and(|name| name == "ssh")
 }
 
 impl Runner for CommandRunner {
@@ -241,6 +273,27 @@ mod tests {
             ["docker", "exec", "-i", "my box", "x y"]
         );
         assert!(split_words("ssh 'oops").is_err());
+    }
+
+    #[test]
+    fn ssh_gets_the_far_command_as_one_quoted_word() {
+        let words = |runner: &CommandRunner| -> Vec<String> {
+            let command = runner.command("echo 'a b'\nexit 3".into());
+            let args = command.as_std().get_args();
+            args.map(|a| a.to_string_lossy().into_owned()).collect()
+        };
+        let ssh = CommandRunner::parse("/usr/bin/ssh -T host").unwrap();
+        let sent = words(&ssh);
+        assert_eq!(sent.len(), 3, "{sent:?}");
+        assert!(sent[2].starts_with("env -i PATH="), "{sent:?}");
+        assert!(
+            sent[2].ends_with(" sh -c 'echo '\\''a b'\\''\nexit 3'"),
+            "{sent:?}"
+        );
+        let docker = CommandRunner::parse("docker exec -i box").unwrap();
+        assert_eq!(words(&docker).last().unwrap(), "echo 'a b'\nexit 3");
+        assert_eq!(words(&ssh.joins_words(false)).len(), 9);
+        assert!(!is_ssh("sshpass") && is_ssh("ssh") && !is_ssh("/ssh/docker"));
     }
 
     #[test]
