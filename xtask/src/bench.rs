@@ -74,12 +74,17 @@ fn bridge(extra: &[String]) -> Result<()> {
 /// Replaces the generated block `name` in docs/benchmarks.md (between its two marker
 /// comments) with `report` (a Markdown table, then a JSON line) and the date.
 fn record(name: &str, report: &str) -> Result<()> {
-    let path = crate::workspace_root().join("docs/benchmarks.md");
+    record_in("docs/benchmarks.md", &format!("bench {name}"), report)
+}
+
+/// Replaces the `<!-- generated: NAME -->` block of `doc` with `report`'s table and JSON.
+pub fn record_in(doc: &str, name: &str, report: &str) -> Result<()> {
+    let path = crate::workspace_root().join(doc);
     let doc =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let (begin, end) = (
-        format!("<!-- generated: bench {name} -->"),
-        format!("<!-- end: bench {name} -->"),
+        format!("<!-- generated: {name} -->"),
+        format!("<!-- end: {name} -->"),
     );
     let (Some(start), Some(stop)) = (doc.find(&begin), doc.find(&end)) else {
         bail!("{} has no {begin} ... {end} block", path.display());

@@ -1,6 +1,7 @@
 //! xtask: project automation (`cargo xtask <task>`): static builds, Paperclip, benchmarks.
 
 mod bench;
+mod chaos;
 mod demo;
 mod dist;
 mod e2e;
@@ -18,6 +19,9 @@ tasks:
   bench bridge [--scale] [--transport NAME]
                                 the whole bridge (paperclip-bridge-bench); whole runs are
                                 recorded in docs/benchmarks.md
+  chaos [--only CELL] [--seconds N]
+                                the fault matrix: faults injected into the bridge's exec
+                                channel, every mutation counted (docs/reliability.md)
   demo                          the bridge end to end in a local isolated sandbox
   dist [--target TRIPLE]        build the static gateway binary into target/dist/<target>/
   paperclip up|seed|down|status a real Paperclip server for the e2e suite
@@ -33,6 +37,7 @@ fn main() -> Result<()> {
     };
     match task.as_str() {
         "bench" => bench::main(rest),
+        "chaos" => chaos::main(rest),
         "demo" => demo::main(rest),
         "dist" => dist::main(rest),
         "e2e" => e2e::main(rest),

@@ -151,7 +151,11 @@ async fn debug_mode_needs_no_control_plane_and_no_key() {
     assert!(config.debug && config.api_key.is_none());
     let sandbox = E2bSandbox::create(&config, "base").await.unwrap();
     assert_eq!(sandbox.id(), bridge_host::runner::e2b::DEBUG_SANDBOX_ID);
-    let out = sandbox.runner().exec(Exec::new("echo local", T)).await.unwrap();
+    let out = sandbox
+        .runner()
+        .exec(Exec::new("echo local", T))
+        .await
+        .unwrap();
     assert_eq!(out.stdout, b"local\n");
     sandbox.close().await.unwrap();
     assert_eq!(fake.calls("POST /v2/sandboxes"), 0);

@@ -310,7 +310,7 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn rand_suffix() -> String {
+pub(crate) fn rand_suffix() -> String {
     let mut b = [0u8; 4];
     let _ = getrandom::fill(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()

@@ -17,7 +17,18 @@ pub struct LoadArgs {
     pub concurrency: Option<usize>,
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
+    /// Unique mutations (POST a comment with a unique body) instead of reads; prints each
+    /// request's key and outcome, for the chaos harness to count against the upstream.
+    #[arg(long)]
+    pub mutations: bool,
 }
+
+/// The outcome recorded for a request with no answer within the client's bound.
+pub const HUNG: i64 = -1;
+/// The outcome recorded for a request that failed without an HTTP answer.
+pub const NO_ANSWER: i64 = 0;
+/// How long a mutation's caller waits for its answer before counting it as hung.
+const MUTATION_BOUND: Duration = Duration::from_secs(120);
 
 pub async fn load(args: LoadArgs) -> Result<ExitCode> {
     let base = std::env::var("PAPERCLIP_API_URL").context("PAPERCLIP_API_URL is not set")?;
@@ -25,6 +36,9 @@ pub async fn load(args: LoadArgs) -> Result<ExitCode> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
+    if args.mutations {
+        return mutations(&base, &token, &args).await;
+    }
     let url = format!("{base}/api/agents/me");
     let started = Instant::now();
     let (latencies, errors) = match args.concurrency {
@@ -84,4 +98,46 @@ async fn caller(
         }
         done += 1;
     }
+}
+
+/// `--mutations`: callers each POST unique comments until `--seconds` pass; one JSON line
+/// of `[key, status]` pairs (status [`HUNG`] or [`NO_ANSWER`] when there was none).
+async fn mutations(base: &str, token: &str, args: &LoadArgs) -> Result<ExitCode> {
+    let client = reqwest::Client::builder().timeout(MUTATION_BOUND).build()?;
+    let url = format!("{base}/api/issues/chaos/comments");
+    let until = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..args.concurrency.unwrap_or(1))
+        .map(|caller| {
+            let (client, url, token) = (client.clone(), url.clone(), token.to_owned());
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                let mut n = 0u64;
+                while Instant::now() < until {
+                    let key = format!("{}-{caller}-{n}", std::process::id());
+                    n += 1;
+                    let sent = client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .json(&serde_json::json!({ "body": key }))
+                        .send()
+                        .await;
+                    let status = match sent {
+                        Ok(r) => i64::from(r.status().as_u16()),
+                        Err(e) if e.is_timeout() => HUNG,
+                        Err(_) => NO_ANSWER,
+                    };
+                    outcomes.push((key, status));
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await?);
+    }
+    let line = serde_json::json!({ "outcomes": all, "seconds": started.elapsed().as_secs_f64() });
+    println!("{line}");
+    Ok(ExitCode::SUCCESS)
 }

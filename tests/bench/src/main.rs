@@ -1,9 +1,12 @@
 //! paperclip-bridge-bench: the bridge benchmark (`bench`, run by `cargo xtask bench
 //! bridge`) and its load generator (`load`, which the benchmark runs inside each sandbox as
-//! an agent). Kept out of the shipped `paperclip-bridge` binary.
+//! an agent), and the fault matrix (`chaos`, run by `cargo xtask chaos`). Kept out of the
+//! shipped `paperclip-bridge` binary.
 
 mod bench;
 mod bench_scale;
+mod chaos;
+mod chaos_runner;
 mod load;
 /// The demo's stand-in upstream, shared with the shipped CLI's `demo` (one source file).
 /// The bench reads no report of what reached it: that part is the demo's.
@@ -29,6 +32,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// The load generator (runs inside the sandbox).
     Load(load::LoadArgs),
+    /// The fault matrix (run it with `cargo xtask chaos`).
+    Chaos(chaos::ChaosArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +50,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Bench(args) => bench::bench(args).await,
             Command::Load(args) => load::load(args).await,
+            Command::Chaos(args) => chaos::chaos(args).await,
         }
     });
     match result {
