@@ -273,3 +273,45 @@ async fn the_demo_passes_in_the_default_sandbox() {
         text(&out)
     );
 }
+
+#[tokio::test]
+async fn policy_show_prints_a_file_that_checks_and_check_names_the_bad_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut show = cli("http://127.0.0.1:9");
+    show.args(["policy", "show"]);
+    let out = output(show).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        shown.contains("[[routes]]") && shown.contains("/api/agents/me"),
+        "{shown}"
+    );
+    let file = dir.path().join("policy.toml");
+    std::fs::write(&file, &shown).unwrap();
+    let mut check = cli("http://127.0.0.1:9");
+    check.args(["policy", "check"]).arg(&file);
+    let out = output(check).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("valid (67 routes"),
+        "{}",
+        text(&out)
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "extend_default_routes = true\nroutes = [\n  { method = \"GET\", path = \"^/api/ok$\" },\n  { method = \"GET\", path = \"^/api/(broken$\" },\n]\n",
+    )
+    .unwrap();
+    let mut check = cli("http://127.0.0.1:9");
+    check.args(["policy", "check"]).arg(&bad);
+    let out = output(check).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 4") && stderr.contains("regex"),
+        "{}",
+        text(&out)
+    );
+}

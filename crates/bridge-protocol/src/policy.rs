@@ -138,6 +138,15 @@ impl RouteAllowlist {
 }
 
 impl RouteRule {
+    /// The regex as it was written (without the anchors every rule gets).
+    pub fn source(&self) -> &str {
+        let anchored = self.pattern.as_str();
+        anchored
+            .strip_prefix("^(?:")
+            .and_then(|s| s.strip_suffix(")$"))
+            .unwrap_or(anchored)
+    }
+
     fn new(line: usize, method: &str, pattern: &str) -> Result<Self, PolicyError> {
         if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
             return Err(PolicyError::Method {

@@ -5,6 +5,7 @@ mod agent_env;
 mod args;
 mod delay_exec;
 mod demo;
+mod policy_cmd;
 mod run;
 mod sandbox;
 mod signals;
@@ -39,6 +40,9 @@ enum Command {
     /// its stdin and output. An exec prefix for measuring how the bridge behaves over your
     /// provider's latency: `--exec 'paperclip-bridge delay-exec --delay-ms 25 -- PREFIX...'`.
     DelayExec(delay_exec::DelayExecArgs),
+    /// The policy as a file: `show` the effective one, `check` one (see docs/policy.md).
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
     /// The demo's scripted agent (runs inside the sandbox).
     #[command(hide = true)]
     DemoAgent(demo::DemoAgentArgs),
@@ -73,6 +77,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::DemoAgent(args) => return demo::agent(args).await,
         Command::DelayExec(args) => return delay_exec::delay_exec(args).await,
+        Command::Policy(command) => return policy_cmd::policy(command),
         _ => {}
     }
     let shutdown = signals::Shutdown::install()?;
@@ -81,7 +86,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Up(args) => run::up(*args, shutdown).await,
         Command::Worker(args) => worker_cmd::worker(*args, shutdown).await,
         Command::Demo(args) => demo::demo(args, shutdown).await,
-        Command::DemoAgent(_) | Command::DelayExec(_) => {
+        Command::DemoAgent(_) | Command::DelayExec(_) | Command::Policy(_) => {
             unreachable!("handled above")
         }
     }
