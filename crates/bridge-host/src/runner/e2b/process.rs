@@ -30,6 +30,27 @@ const PIPE_BYTES: usize = 1024 * 1024;
 const INPUT_CHUNK: usize = 256 * 1024;
 /// The shell every script runs in.
 const SHELL: &str = "/bin/sh";
+/// Names the script keeps besides those the caller passes (in `__PCB_KEEP`).
+const KEPT: &str = "PATH LANG PWD";
+/// Runs first: unsets every variable envd's process started with (the sandbox user's
+/// HOME, USER, the template's own) except those passed, as every runner's far side starts
+/// from a cleared environment. Names only cross: no value is in an argument list.
+const CLEAR_ENV: &str = r#"__pcb_k=" $__PCB_KEEP "
+for __pcb_v in $(env | sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p'); do
+  case "$__pcb_k" in *" $__pcb_v "*) ;; *) unset "$__pcb_v" 2>/dev/null || true ;; esac
+done
+unset __pcb_v __pcb_k __PCB_KEEP
+"#;
+
+/// The script as envd runs it (the environment cleared first) and the variables with the
+/// list of names to keep.
+fn far_side(script: &str, env: &[(String, String)]) -> (String, Vec<(String, String)>) {
+    let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+    let keep = format!("{KEPT} {}", names.join(" "));
+    let mut env = env.to_vec();
+    env.push(("__PCB_KEEP".into(), keep));
+    (format!("{CLEAR_ENV}{script}"), env)
+}
 
 /// How a process's stream ended.
 #[derive(Debug, Clone)]
@@ -215,8 +236,8 @@ fn send_signal(envd: &Arc<Envd>, pid: u32, signal: Signal) {
 
 /// A long-lived script with live pipes (the stream transport's session, an agent).
 pub(crate) async fn stream(envd: Arc<Envd>, spawn: Spawn) -> Result<ExecStream, RunnerError> {
-    let script = with_cwd(&spawn.script, spawn.cwd.as_deref());
-    let running = start(envd, &script, &spawn.env, true, None).await?;
+    let (script, env) = far_side(&with_cwd(&spawn.script, spawn.cwd.as_deref()), &spawn.env);
+    let running = start(envd, &script, &env, true, None).await?;
     let Running {
         envd,
         pid,
@@ -246,13 +267,13 @@ pub(crate) async fn stream(envd: Arc<Envd>, spawn: Spawn) -> Result<ExecStream, 
 /// One script to completion: envd's deadline is the exec's bound, and so is ours (the
 /// channel may stall); past it the process is killed and the exec reports a time-out.
 pub(crate) async fn exec(envd: Arc<Envd>, exec: Exec) -> Result<ExecOutput, RunnerError> {
-    let script = with_cwd(&exec.script, exec.cwd.as_deref());
+    let (script, env) = far_side(&with_cwd(&exec.script, exec.cwd.as_deref()), &exec.env);
     let with_stdin = !exec.stdin.is_empty();
     // One deadline for starting and finishing: the exec's bound is the whole exec's.
     let deadline = tokio::time::Instant::now() + exec.timeout;
     let started = tokio::time::timeout_at(
         deadline,
-        start(envd, &script, &exec.env, with_stdin, Some(exec.timeout)),
+        start(envd, &script, &env, with_stdin, Some(exec.timeout)),
     )
     .await;
     let Ok(running) = started else {
