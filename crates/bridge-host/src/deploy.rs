@@ -230,6 +230,7 @@ impl Bridge {
             launch: launch.clone(),
             policy: config.restart,
             restarts: restarts.clone(),
+            metrics: config.worker.metrics.clone(),
             failure: failed,
         };
         let (stop, stopped) = watch::channel(false);

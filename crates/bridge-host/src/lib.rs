@@ -5,11 +5,13 @@
 //! - [`worker`]: validates every queued request against the [`policy`], forwards it with
 //!   the real credential ([`proxy`]) and writes the answer back.
 //! - [`deploy`]: uploads and starts the gateway in a sandbox and runs the worker for it.
+//! - [`metrics`]: what the worker does, as Prometheus metrics.
 
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod audit;
 pub mod deploy;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod runner;

@@ -79,6 +79,8 @@ pub struct WorkerConfig {
     pub response_timeout: Duration,
     /// Where every decision is appended as a JSON line, if anywhere.
     pub audit: Option<AuditLog>,
+    /// Where requests, latencies and errors are counted, if anywhere.
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 impl Default for WorkerConfig {
@@ -92,6 +94,7 @@ impl Default for WorkerConfig {
             drain_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(30),
             audit: None,
+            metrics: None,
         }
     }
 }
@@ -213,6 +216,9 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
             taken = shared.transport.take(opts) => taken,
             _ = stopped.changed() => break,
         };
+        if let Some(m) = &shared.config.metrics {
+            m.observe_execs(shared.transport.exec_count());
+        }
         match taken {
             Ok(batch) => {
                 backoff.reset();
@@ -390,6 +396,9 @@ impl Shared {
     /// Counts and logs a failed transport call; returns how long to wait before the retry.
     fn transport_failed(&self, what: &str, e: &TransportError, backoff: &mut Backoff) -> Duration {
         self.stats.transport_errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.config.metrics {
+            m.transport_error();
+        }
         let wait = backoff.next();
         tracing::warn!(error = %shown_error(e), retry_in_ms = wait.as_millis() as u64, "{what} failed");
         wait
@@ -402,11 +411,18 @@ impl Shared {
             return None;
         }
         self.stats.taken.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.config.metrics {
+            m.taken();
+        }
         Some(incoming)
     }
 
     fn finish(&self, id: &str) {
-        self.in_flight.finish(id);
+        if self.in_flight.finish(id) {
+            if let Some(m) = &self.config.metrics {
+                m.finished();
+            }
+        }
     }
 
     /// Records each answer's outcome; returns the ids of those that failed (to retry:

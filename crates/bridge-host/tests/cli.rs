@@ -315,3 +315,76 @@ async fn policy_show_prints_a_file_that_checks_and_check_names_the_bad_line() {
         text(&out)
     );
 }
+
+/// Reads lines from `pipe` until one satisfies `pick`, within a bound.
+fn line_where(
+    pipe: impl std::io::Read + Send + 'static,
+    pick: impl Fn(&str) -> Option<String> + Send + 'static,
+) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            if let Some(found) = pick(&line) {
+                let _ = tx.send(found);
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the line came")
+}
+
+#[tokio::test]
+async fn metrics_count_decisions_and_execs_for_a_scraper() {
+    let recorder = Recorder::start().await;
+    let mut command = cli(&recorder.url);
+    command
+        .args(["up", "--sandbox", "local", "--transport", "stream"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let metrics = line_where(child.stderr.take().unwrap(), |l| {
+        l.strip_prefix("paperclip-bridge: metrics at ")
+            .map(str::to_owned)
+    });
+    let env = line_where(child.stdout.take().unwrap(), |l| {
+        l.starts_with('{').then(|| l.to_owned())
+    });
+    let env: serde_json::Value = serde_json::from_str(&env).unwrap();
+    let (url, token) = (
+        env["PAPERCLIP_API_URL"].as_str().unwrap().to_owned(),
+        env["PAPERCLIP_API_KEY"].as_str().unwrap().to_owned(),
+    );
+    let client = reqwest::Client::new();
+    for path in ["/api/agents/me", "/api/companies"] {
+        client
+            .get(format!("{url}{path}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+    }
+    let scraped = client.get(&metrics).send().await.unwrap();
+    assert!(scraped.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let text = scraped.text().await.unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    for line in [
+        r#"paperclip_bridge_requests_total{decision="forwarded",status="200"} 1"#,
+        r#"paperclip_bridge_requests_total{decision="denied",status="403"} 1"#,
+        "paperclip_bridge_request_seconds_count 2",
+        "paperclip_bridge_upstream_seconds_count 1",
+        "paperclip_bridge_requests_in_hand 0",
+        "paperclip_bridge_execs_total 1",
+        "paperclip_bridge_gateway_restarts_total 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+}

@@ -72,6 +72,7 @@ pub(crate) struct Supervisor {
     pub(crate) launch: Launch,
     pub(crate) policy: RestartPolicy,
     pub(crate) restarts: Arc<AtomicU64>,
+    pub(crate) metrics: Option<crate::metrics::Metrics>,
     pub(crate) failure: watch::Sender<Option<Arc<DeployError>>>,
 }
 
@@ -126,6 +127,9 @@ impl Supervisor {
             match steps::start_gateway(self.runner.as_ref(), &self.place, &self.launch).await {
                 Ok(ready) => {
                     self.restarts.fetch_add(1, Ordering::Relaxed);
+                    if let Some(m) = &self.metrics {
+                        m.restarted();
+                    }
                     tracing::info!(pid = ready.pid, "gateway restarted");
                     return Ok(());
                 }

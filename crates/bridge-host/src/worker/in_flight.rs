@@ -40,15 +40,17 @@ impl InFlight {
         })
     }
 
-    /// `id` is answered (or given up on).
-    pub(super) fn finish(&self, id: &str) {
+    /// `id` is answered (or given up on); false if it was not in hand.
+    pub(super) fn finish(&self, id: &str) -> bool {
         self.with(|s| {
-            if s.taken.remove(id) {
+            let was = s.taken.remove(id);
+            if was {
                 if let Some(finished) = s.finished_during_recovery.as_mut() {
                     finished.insert(id.to_owned());
                 }
             }
-        });
+            was
+        })
     }
 
     /// A recovering take is about to be sent.

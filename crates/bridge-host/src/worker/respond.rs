@@ -14,6 +14,7 @@ use tracing::Instrument as _;
 use super::check::check;
 use super::{Decision, Pending, Shared};
 use crate::audit::AuditRecord;
+use crate::metrics::UpstreamFailure;
 use crate::proxy::{Forward, Forwarded};
 use crate::transport::{PutItem, TakeProblem, Taken};
 
@@ -34,6 +35,9 @@ pub(super) async fn answer(shared: &Shared, incoming: Taken) -> Pending {
             "answered"
         );
         audit(shared, &incoming.id, &outcome, latency_ms);
+        if let Some(m) = &shared.config.metrics {
+            m.answered(outcome.decision, outcome.file.status, latency_ms / 1000.0);
+        }
         pending(&incoming.id, &outcome.file)
     }
     .instrument(span)
@@ -115,6 +119,7 @@ async fn decide(shared: &Shared, incoming: &Taken) -> Outcome {
     };
     shared.stats.forwarded.fetch_add(1, Ordering::Relaxed);
     let (method, path) = (checked.method.clone(), checked.path.to_string());
+    let upstream_started = Instant::now();
     let forwarded = shared
         .upstream
         .forward(
@@ -129,6 +134,14 @@ async fn decide(shared: &Shared, incoming: &Taken) -> Outcome {
             shared.policy.max_body_bytes,
         )
         .await;
+    if let Some(m) = &shared.config.metrics {
+        let failure = match &forwarded {
+            Forwarded::Answer { .. } => None,
+            Forwarded::NotSent(_) => Some(UpstreamFailure::NotSent),
+            Forwarded::MaybeSent(_) => Some(UpstreamFailure::MaybeSent),
+        };
+        m.upstream_call(upstream_started.elapsed().as_secs_f64(), failure);
+    }
     match forwarded {
         Forwarded::Answer {
             status,

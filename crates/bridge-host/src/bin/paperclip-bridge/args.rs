@@ -129,6 +129,10 @@ pub struct PolicyArgs {
     /// How the worker reaches the queue.
     #[arg(long, value_enum, default_value = "auto")]
     pub transport: TransportArg,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464; port 0
+    /// picks one, printed on stderr).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl UpstreamArgs {

@@ -5,6 +5,7 @@ mod agent_env;
 mod args;
 mod delay_exec;
 mod demo;
+mod metrics_server;
 mod policy_cmd;
 mod run;
 mod sandbox;

@@ -90,7 +90,9 @@ pub async fn up(args: UpArgs, mut shutdown: Shutdown) -> Result<ExitCode> {
 /// Opens the sandbox and deploys the bridge into it; on a failure or a signal meanwhile,
 /// closes the sandbox again (a created E2B sandbox must not outlive the command).
 async fn start(args: &UpArgs, shutdown: &mut Shutdown) -> Result<(Sandbox, BridgeHandle)> {
-    let config_without_dir = bridge_config(args, PathBuf::new())?;
+    let mut config_without_dir = bridge_config(args, PathBuf::new())?;
+    config_without_dir.worker.metrics =
+        crate::metrics_server::serve(args.policy.metrics_listen).await?;
     // Making the sandbox is bounded and not interrupted: a create cut short could leave
     // a provider's sandbox that we hold no id of.
     let sandbox = Sandbox::open(&args.sandbox).await?;

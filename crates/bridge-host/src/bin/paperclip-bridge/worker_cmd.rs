@@ -71,6 +71,7 @@ pub async fn worker(args: WorkerArgs, mut shutdown: Shutdown) -> Result<ExitCode
         concurrency: args.policy.concurrency.max(1),
         response_timeout: Duration::from_millis(args.response_timeout_ms),
         audit,
+        metrics: crate::metrics_server::serve(args.policy.metrics_listen).await?,
         ..WorkerConfig::default()
     };
     let handle = Worker::spawn(transport, upstream, policy, config);
