@@ -37,6 +37,23 @@ pub fn main(args: &[String]) -> Result<()> {
 /// The whole bridge per transport and latency: the optimised bench binary runs the matrix
 /// (its options are passed through) with the static gateway it is given.
 fn bridge(extra: &[String]) -> Result<()> {
+    let (report, ok) = run_bench_binary("bench", extra, "warn")?;
+    if !ok {
+        bail!("paperclip-bridge-bench bench failed");
+    }
+    match extra {
+        [] => record("bridge", &report),
+        [flag] if flag == "--scale" => record("scale", &report),
+        _ => Ok(()),
+    }
+}
+
+/// Replaces the generated block `name` in docs/benchmarks.md (between its two marker
+/// comments) with `report` (a Markdown table, then a JSON line) and the date.
+/// Builds the static gateway and `paperclip-bridge-bench` (fast profile), runs its
+/// `command` with `extra` and the gateway (logging at `log`), and returns its report (stdout, also printed)
+/// and whether it succeeded.
+pub fn run_bench_binary(command: &str, extra: &[String], log: &str) -> Result<(String, bool)> {
     let binary = dist::build("x86_64-unknown-linux-musl")?;
     crate::run(crate::cargo().args([
         "build",
@@ -50,29 +67,19 @@ fn bridge(extra: &[String]) -> Result<()> {
     ]))?;
     let cli = crate::target_dir().join("fast/paperclip-bridge-bench");
     let out = Command::new(cli)
-        .arg("bench")
+        .arg(command)
         .args(extra)
         .arg("--gateway-bin")
         .arg(binary)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", log)
         .stderr(std::process::Stdio::inherit())
         .output()
-        .context("running paperclip-bridge-bench bench")?;
-    let report = String::from_utf8_lossy(&out.stdout);
+        .with_context(|| format!("running paperclip-bridge-bench {command}"))?;
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
     print!("{report}");
-    if !out.status.success() {
-        bail!("paperclip-bridge-bench bench failed: {}", out.status);
-    }
-    // A partial matrix (--transport) is for exploring; only whole runs are recorded.
-    match extra {
-        [] => record("bridge", &report),
-        [flag] if flag == "--scale" => record("scale", &report),
-        _ => Ok(()),
-    }
+    Ok((report, out.status.success()))
 }
 
-/// Replaces the generated block `name` in docs/benchmarks.md (between its two marker
-/// comments) with `report` (a Markdown table, then a JSON line) and the date.
 fn record(name: &str, report: &str) -> Result<()> {
     record_in("docs/benchmarks.md", &format!("bench {name}"), report)
 }

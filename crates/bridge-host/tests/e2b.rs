@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bridge_host::deploy::{Bridge, BridgeConfig};
-use bridge_host::proxy::{Secret, Upstream};
+use bridge_host::proxy::Secret;
 use bridge_host::runner::{E2bSandbox, Exec, Runner};
 use common::*;
 use fake_e2b::FakeE2b;
@@ -203,13 +203,7 @@ async fn a_bridge_deploys_through_the_files_api_and_serves_over_one_envd_process
     let fake = FakeE2b::start().await;
     let sandbox = E2bSandbox::create(&fake.config(), "base").await.unwrap();
     let (recorder, dir) = recorder_and_dir().await;
-    let upstream = Upstream::new(
-        &recorder.url,
-        Secret::new(REAL_KEY.into()),
-        Some(RUN_ID.into()),
-        Duration::from_secs(10),
-    )
-    .unwrap();
+    let upstream = upstream_to(&recorder.url, Duration::from_secs(10));
     let mut config = BridgeConfig::new(gateway_bin(), dir.path().to_path_buf(), upstream);
     config.stop_grace = Duration::from_secs(5);
     // No liveness checks during the test: every Start it counts is the bridge's own.
