@@ -1,5 +1,5 @@
 //! Transports: how the worker takes requests from, and delivers responses to, a queue
-//! directory it may only reach through a [`Runner`](crate::runner::Runner).
+//! directory it may only reach through a [`Runner`].
 //!
 //! Both directions are batched: one `take` returns every pending request (bounded in
 //! bytes) and one `deliver` writes every ready response. `take` also records a claim for

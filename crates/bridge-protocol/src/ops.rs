@@ -178,7 +178,7 @@ pub enum Reply {
     Error(String),
 }
 
-/// One reply line. Read by hand ([`ReplyLineVisitor`]), not through `flatten`, which would
+/// One reply line. Read by hand (`ReplyLineVisitor`), not through `flatten`, which would
 /// buffer a whole reply before any bound on its items could apply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReplyLine {

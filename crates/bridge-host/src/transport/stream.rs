@@ -1,5 +1,5 @@
 //! The stream transport: one long-lived `paperclip-bridge-server session` exec carries
-//! every take and put as a message ([`super::session`] is the RPC client), so once the
+//! every take and put as a message (`session.rs` is the RPC client), so once the
 //! session is open a request costs no exec, only about one stream round trip plus the
 //! upstream's time. This file is the policy: polls sent ahead, orphans, reopening.
 //!

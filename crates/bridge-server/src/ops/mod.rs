@@ -10,7 +10,7 @@
 //!   Then it removes the request and its claim, as Paperclip's own host does, so an answered
 //!   request is never taken again.
 //!
-//! The sandbox can put anything at any name in the queue (see [`crate::queue_dir`]): every
+//! The sandbox can put anything at any name in the queue (see `queue_dir.rs`): every
 //! file here is opened relative to a checked directory handle, without following symlinks
 //! and without blocking, only regular files of bounded size are read, and a per-response
 //! lock that stays taken fails that one answer within a short bound.
@@ -151,7 +151,7 @@ pub fn put_all(layout: &QueueLayout, items: Vec<PutItem>) -> Vec<PutResult> {
 }
 
 /// Puts responses into one queue: both directories opened and checked once, and one
-/// budget for waiting on busy locks ([`BATCH_LOCK_WAIT`]).
+/// budget for waiting on busy locks (`BATCH_LOCK_WAIT`).
 #[derive(Debug)]
 pub struct Putter {
     requests: QueueDir,

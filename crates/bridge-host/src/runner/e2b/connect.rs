@@ -52,7 +52,7 @@ pub struct ConnectError {
 /// Why a stream's framing could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FramingError {
-    /// A message longer than [`MAX_MESSAGE`].
+    /// A message longer than any envd sends (the limit bounds what the host buffers).
     #[error("a message of {0} bytes is over the limit")]
     TooLong(usize),
     /// A compressed message, which we never asked for.
