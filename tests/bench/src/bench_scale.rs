@@ -53,6 +53,14 @@ async fn run(args: &BenchArgs, n: usize) -> Result<Value> {
         let config = BridgeConfig::new(args.gateway_bin.clone(), dir.clone(), client);
         let bridge = Bridge::start(sandbox.clone(), config).await?;
         fleet.push((sandbox, bridge, dir));
+        // Counted steps, so a long fleet deployment is not silence.
+        if (i + 1) % 10 == 0 || i + 1 == n {
+            eprintln!(
+                "bench: deployed {}/{n} bridges ({:.1} s)",
+                i + 1,
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     let deploy_s = started.elapsed().as_secs_f64();
     let rss_idle = host_rss();
