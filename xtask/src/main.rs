@@ -6,6 +6,7 @@ mod demo;
 mod dist;
 mod e2e;
 mod paperclip;
+mod progress;
 mod test;
 
 use std::process::Command;

