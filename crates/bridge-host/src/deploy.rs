@@ -28,6 +28,7 @@ use crate::transport::{self, TransportKind};
 use crate::worker::{Worker, WorkerConfig, WorkerHandle};
 
 pub use retry::{RetryPolicy, DEPLOY_ATTEMPTS, DEPLOY_BACKOFF_CAP, DEPLOY_BACKOFF_START};
+pub use scripts::SCRIPT_TOOLS;
 pub use supervise::{
     RestartPolicy, CHECK_INTERVAL, MAX_RESTARTS, RESTART_BACKOFF_CAP, RESTART_BACKOFF_START,
     STABLE_AFTER,

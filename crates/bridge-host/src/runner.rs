@@ -20,7 +20,7 @@ mod exec;
 pub mod memory;
 mod spawned;
 
-pub use bwrap::{BwrapSandbox, Mounts};
+pub use bwrap::{BwrapSandbox, Mounts, Tool, ToolSide};
 pub use command::{CommandRunner, LocalRunner};
 pub use delay::{delay_line, DelayRunner};
 pub use e2b::{E2bConfig, E2bError, E2bRunner, E2bSandbox};

@@ -36,9 +36,14 @@ impl Sandbox {
                     read_only: args.ro_bind.clone(),
                     writable: args.bind.clone(),
                 };
-                let sandbox = BwrapSandbox::create_with(&workdir, &mounts)
-                    .await
-                    .context("creating the local sandbox (bubblewrap)")?;
+                let created = BwrapSandbox::create_using(&args.bwrap, &workdir, &mounts).await;
+                let sandbox = match created {
+                    Ok(sandbox) => sandbox,
+                    Err(e) => {
+                        remove_made(made.as_deref());
+                        return Err(e).context("creating the local sandbox (bubblewrap)");
+                    }
+                };
                 let sandbox = Arc::new(sandbox);
                 Ok(Self {
                     runner: sandbox.clone(),
@@ -104,11 +109,7 @@ impl Sandbox {
                 tracing::warn!(sandbox = %id, error = %e, "could not end the E2B sandbox (E2B ends it when its time to live runs out)");
             }
         }
-        if let Some(dir) = self.host_dir {
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "could not remove the sandbox directory");
-            }
-        }
+        remove_made(self.host_dir.as_deref());
     }
 }
 
@@ -135,6 +136,15 @@ async fn open_e2b(args: &E2bArgs) -> Result<E2bSandbox> {
             })?,
     };
     Ok(sandbox)
+}
+
+/// Removes the temporary directory `workdir_or_temp` made, if it made one.
+fn remove_made(dir: Option<&std::path::Path>) {
+    if let Some(dir) = dir {
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove the sandbox directory");
+        }
+    }
 }
 
 /// The given directory, or a new private one under the system temp dir.
