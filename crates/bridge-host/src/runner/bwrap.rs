@@ -162,7 +162,7 @@ fn tool(name: &str, side: ToolSide, path: &str) -> Tool {
 }
 
 /// `name` as `execvp` finds it in `path` (a name with a `/` is taken as it is).
-fn find_program(name: &str, path: &str) -> Option<PathBuf> {
+pub fn find_program(name: &str, path: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt as _;
     let executable = |p: &Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)

@@ -17,6 +17,8 @@ pub struct Sandbox {
     pub runner: Arc<dyn Runner>,
     /// The bridge's directory inside the sandbox.
     pub workdir: PathBuf,
+    /// What `--sandbox` said.
+    pub kind: SandboxKind,
     bwrap: Option<Arc<BwrapSandbox>>,
     e2b: Option<E2bSandbox>,
     /// A host directory we made and must remove.
@@ -46,6 +48,7 @@ impl Sandbox {
                 };
                 let sandbox = Arc::new(sandbox);
                 Ok(Self {
+                    kind: args.sandbox,
                     runner: sandbox.clone(),
                     workdir,
                     bwrap: Some(sandbox),
@@ -56,6 +59,7 @@ impl Sandbox {
             SandboxKind::Local => {
                 let (workdir, made) = workdir_or_temp(args.workdir.clone())?;
                 Ok(Self {
+                    kind: args.sandbox,
                     runner: Arc::new(LocalRunner),
                     workdir,
                     bwrap: None,
@@ -72,6 +76,7 @@ impl Sandbox {
                     // Paperclip's variable for the real key: no provider's client needs it.
                     .hide_env("PAPERCLIP_API_KEY");
                 Ok(Self {
+                    kind: args.sandbox,
                     runner: Arc::new(runner),
                     workdir: args
                         .workdir
@@ -85,6 +90,7 @@ impl Sandbox {
             SandboxKind::E2b => {
                 let sandbox = open_e2b(&args.e2b).await?;
                 Ok(Self {
+                    kind: args.sandbox,
                     runner: sandbox.runner(),
                     workdir: args
                         .workdir
