@@ -28,6 +28,7 @@ use crate::transport::{self, TransportKind};
 use crate::worker::{Worker, WorkerConfig, WorkerHandle};
 
 pub use retry::{RetryPolicy, DEPLOY_ATTEMPTS, DEPLOY_BACKOFF_CAP, DEPLOY_BACKOFF_START};
+pub use scripts::SCRIPT_TOOLS;
 pub use supervise::{
     RestartPolicy, CHECK_INTERVAL, MAX_RESTARTS, RESTART_BACKOFF_CAP, RESTART_BACKOFF_START,
     STABLE_AFTER,
@@ -404,7 +405,8 @@ pub fn new_token() -> String {
     bridge_protocol::token::encode_token(&bytes)
 }
 
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+/// The sha256 of `bytes` in lower-case hex, as `sha256sum` prints it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     sha2::Sha256::digest(bytes)
         .iter()

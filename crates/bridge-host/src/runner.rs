@@ -20,12 +20,18 @@ mod exec;
 pub mod memory;
 mod spawned;
 
-pub use bwrap::{BwrapSandbox, Mounts};
+pub use bwrap::{find_program, BwrapSandbox, Mounts, Tool, ToolSide};
 pub use command::{CommandRunner, LocalRunner};
 pub use delay::{delay_line, DelayRunner};
 pub use e2b::{E2bConfig, E2bError, E2bRunner, E2bSandbox};
 pub use exec::{MAX_ERROR_OUTPUT, MAX_OUTPUT};
 pub use memory::MemoryRunner;
+
+/// The PATH the local runners (local, exec prefix, `nsenter`) start programs with: the
+/// host's plus the system directories.
+pub fn exec_path() -> String {
+    exec::sandbox_path()
+}
 
 /// A boxed, sendable future, so runners can be used as `Arc<dyn Runner>`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -5,6 +5,25 @@
 //! again after a lost result (the exec channel may drop after the script ran): that is what
 //! lets deployment retry each step. Exit 75 (`EX_TEMPFAIL`) means "transient, try again".
 
+/// The programs these scripts run besides `sh` and its builtins (`setsid` is used only
+/// where it exists).
+pub const SCRIPT_TOOLS: [&str; 14] = [
+    "cat",
+    "chmod",
+    "cut",
+    "dirname",
+    "grep",
+    "head",
+    "mkdir",
+    "mv",
+    "rm",
+    "sed",
+    "sha256sum",
+    "sleep",
+    "tail",
+    "tr",
+];
+
 /// Shell functions the scripts share. `alive PID`: the process exists and is no zombie (its
 /// reaper may be slow). `is_gateway PID`: alive and, where `/proc` tells, running `$BIN`
 /// directly or through an interpreter (a recycled pid is not our gateway).

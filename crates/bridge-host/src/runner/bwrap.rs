@@ -36,6 +36,9 @@ const MAX_INFO: u64 = 64 * 1024;
 /// What the sandbox's PATH is (the host's PATH names host directories).
 pub const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
 
+/// The bubblewrap program's usual name.
+pub const BWRAP: &str = "bwrap";
+
 /// Top-level host entries that merged-/usr systems make links into `/usr`; each is
 /// recreated as the same link, or bound read-only where it is a real directory.
 const SYSTEM_DIRS: [&str; 6] = ["bin", "sbin", "lib", "lib64", "lib32", "libx32"];
@@ -100,6 +103,80 @@ const SETPRIV: [&str; 4] = [
     "--no-new-privs",
 ];
 
+/// The programs the sandbox's holder and every exec run inside, besides `sh`.
+const HOLDER_TOOLS: [&str; 2] = ["cat", SETPRIV[0]];
+
+/// Where a program the runner needs must be found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolSide {
+    /// On this machine, where the runner starts it.
+    Host,
+    /// Inside the sandbox (the host's `/usr`, read-only).
+    Sandbox,
+}
+
+/// A program the runner runs, and where it was found (if it was).
+#[derive(Debug, Clone)]
+pub struct Tool {
+    /// Its name (or the path given for bubblewrap).
+    pub name: String,
+    /// Where it must be.
+    pub side: ToolSide,
+    /// Where it is, looked up as the runner looks it up; `None`: missing.
+    pub found: Option<PathBuf>,
+}
+
+/// Every program this runner starts, with `bwrap` as the bubblewrap program, each looked
+/// up the way the runner finds it: bubblewrap and the sandbox's own programs in
+/// [`SANDBOX_PATH`] (the sandbox's `/usr` is the host's), `nsenter` in the exec PATH
+/// (the host's plus the system directories), `kill` in the host's PATH. `also` names
+/// more programs needed inside (a deployment's scripts').
+pub fn tools(bwrap: &Path, also: &[&str]) -> Vec<Tool> {
+    let host_path = std::env::var("PATH").unwrap_or_default();
+    let mut tools = vec![
+        tool(&bwrap.to_string_lossy(), ToolSide::Host, SANDBOX_PATH),
+        tool("nsenter", ToolSide::Host, &exec::sandbox_path()),
+        tool("kill", ToolSide::Host, &host_path),
+    ];
+    let inside = ["sh"]
+        .into_iter()
+        .chain(HOLDER_TOOLS)
+        .chain(also.iter().copied());
+    for name in inside {
+        if !tools
+            .iter()
+            .any(|t| t.name == name && t.side == ToolSide::Sandbox)
+        {
+            tools.push(tool(name, ToolSide::Sandbox, SANDBOX_PATH));
+        }
+    }
+    tools
+}
+
+fn tool(name: &str, side: ToolSide, path: &str) -> Tool {
+    Tool {
+        name: name.to_owned(),
+        side,
+        found: find_program(name, path),
+    }
+}
+
+/// `name` as `execvp` finds it in `path` (a name with a `/` is taken as it is).
+pub fn find_program(name: &str, path: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return executable(&p).then_some(p);
+    }
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(name))
+        .find(|p| executable(p))
+}
+
 /// Host paths the agent needs beyond the defaults (e.g. a checkout to work on).
 #[derive(Debug, Clone, Default)]
 pub struct Mounts {
@@ -130,9 +207,19 @@ impl BwrapSandbox {
 
     /// Creates the sandbox with `mounts` on top of the defaults.
     pub async fn create_with(workdir: &Path, mounts: &Mounts) -> Result<Self, RunnerError> {
+        Self::create_using(Path::new(BWRAP), workdir, mounts).await
+    }
+
+    /// Like [`BwrapSandbox::create_with`], with this bubblewrap program (a bare name is
+    /// looked up in [`SANDBOX_PATH`], as every program the runner starts).
+    pub async fn create_using(
+        program: &Path,
+        workdir: &Path,
+        mounts: &Mounts,
+    ) -> Result<Self, RunnerError> {
         std::fs::create_dir_all(workdir)?;
         let etc = write_etc(workdir)?;
-        let mut command = Command::new("bwrap");
+        let mut command = Command::new(program);
         command
             .args(bwrap_args(workdir, &etc, mounts)?)
             .args(["--", "sh", "-c", HOLDER])
@@ -142,7 +229,9 @@ impl BwrapSandbox {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut holder = command.spawn().map_err(|e| missing_bwrap(&e, &etc))?;
+        let mut holder = command
+            .spawn()
+            .map_err(|e| missing_bwrap(&e, program, &etc))?;
         let outcome = tokio::time::timeout(CREATE_TIMEOUT, started(&mut holder)).await;
         let pid = outcome
             .unwrap_or_else(|_| Err("timed out".into()))
@@ -412,16 +501,16 @@ async fn child_pid(holder: &mut Child) -> Option<u32> {
     }
 }
 
-fn missing_bwrap(e: &std::io::Error, etc: &Path) -> RunnerError {
+fn missing_bwrap(e: &std::io::Error, program: &Path, etc: &Path) -> RunnerError {
     let _ = std::fs::remove_dir_all(etc);
+    let program = program.display();
     if e.kind() == std::io::ErrorKind::NotFound {
-        RunnerError::SandboxGone(
-            "bubblewrap (`bwrap`) is not installed; the local sandbox needs it \
+        RunnerError::SandboxGone(format!(
+            "bubblewrap (`{program}`) is not installed; the local sandbox needs it \
              (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
-                .into(),
-        )
+        ))
     } else {
-        RunnerError::SandboxGone(format!("starting bubblewrap (`bwrap`): {e}"))
+        RunnerError::SandboxGone(format!("starting bubblewrap (`{program}`): {e}"))
     }
 }
 

@@ -32,7 +32,7 @@ pub(crate) fn base_env() -> Vec<(String, String)> {
 
 /// The host's PATH plus the system directories an ordinary user's PATH may lack (`ip`,
 /// `nsenter` and `unshare` live in sbin on many systems).
-fn sandbox_path() -> String {
+pub(crate) fn sandbox_path() -> String {
     let mut dirs: Vec<String> = std::env::var("PATH")
         .unwrap_or_default()
         .split(':')

@@ -62,6 +62,10 @@ pub struct SandboxArgs {
     /// only). Whatever is there is the agent's to read and change.
     #[arg(long = "bind", value_name = "PATH")]
     pub bind: Vec<PathBuf>,
+    /// The bubblewrap program (bwrap only) [default: bwrap, looked up in the system
+    /// directories].
+    #[arg(long, value_name = "PROGRAM", default_value = bridge_host::runner::bwrap::BWRAP)]
+    pub bwrap: PathBuf,
     #[command(flatten)]
     pub e2b: E2bArgs,
 }

@@ -42,6 +42,7 @@ pub async fn demo(args: DemoArgs, mut shutdown: Shutdown) -> Result<ExitCode> {
         // The scripted agent is this very binary: a host file, shown read-only.
         ro_bind: vec![std::env::current_exe().context("finding this binary")?],
         bind: Vec::new(),
+        bwrap: bridge_host::runner::bwrap::BWRAP.into(),
         e2b: Default::default(),
     })
     .await?;

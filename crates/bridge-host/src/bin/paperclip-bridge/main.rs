@@ -5,6 +5,7 @@ mod agent_env;
 mod args;
 mod delay_exec;
 mod demo;
+mod doctor;
 mod metrics_server;
 mod policy_cmd;
 mod run;
@@ -41,12 +42,19 @@ enum Command {
     /// its stdin and output. An exec prefix for measuring how the bridge behaves over your
     /// provider's latency: `--exec 'paperclip-bridge delay-exec --delay-ms 25 -- PREFIX...'`.
     DelayExec(delay_exec::DelayExecArgs),
+    /// Check that this machine can run the set-up these flags describe: the sandbox's
+    /// programs, user namespaces, the gateway binary, the API URL, and a deployment end to
+    /// end. Prints each check (with a fix for a failure); exits 0 when none failed.
+    Doctor(Box<doctor::DoctorArgs>),
     /// The policy as a file: `show` the effective one, `check` one (see docs/policy.md).
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
     /// The demo's scripted agent (runs inside the sandbox).
     #[command(hide = true)]
     DemoAgent(demo::DemoAgentArgs),
+    /// The doctor's probe (runs inside the sandbox).
+    #[command(hide = true)]
+    DoctorProbe(doctor::DoctorProbeArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +85,7 @@ fn main() -> ExitCode {
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::DemoAgent(args) => return demo::agent(args).await,
+        Command::DoctorProbe(args) => return doctor::probe(args).await,
         Command::DelayExec(args) => return delay_exec::delay_exec(args).await,
         Command::Policy(command) => return policy_cmd::policy(command),
         _ => {}
@@ -87,7 +96,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Up(args) => run::up(*args, shutdown).await,
         Command::Worker(args) => worker_cmd::worker(*args, shutdown).await,
         Command::Demo(args) => demo::demo(args, shutdown).await,
-        Command::DemoAgent(_) | Command::DelayExec(_) | Command::Policy(_) => {
+        Command::Doctor(args) => doctor::doctor(*args, shutdown).await,
+        Command::DemoAgent(_)
+        | Command::DoctorProbe(_)
+        | Command::DelayExec(_)
+        | Command::Policy(_) => {
             unreachable!("handled above")
         }
     }

@@ -98,7 +98,7 @@ async fn start(args: &UpArgs, shutdown: &mut Shutdown) -> Result<(Sandbox, Bridg
     let sandbox = Sandbox::open(&args.sandbox).await?;
     let mut config = config_without_dir;
     config.sandbox_dir = sandbox.workdir.clone();
-    let deployed = match transport(args, &sandbox) {
+    let deployed = match transport(args.policy.transport, &sandbox) {
         Ok(kind) => {
             config.transport = kind;
             tokio::select! {
@@ -143,9 +143,10 @@ fn bridge_config(args: &UpArgs, sandbox_dir: PathBuf) -> Result<BridgeConfig> {
     Ok(config)
 }
 
-fn transport(args: &UpArgs, sandbox: &Sandbox) -> Result<TransportKind> {
+/// The transport `--transport` asks for, with the sandbox `sandbox` (`auto` picks).
+pub fn transport(arg: TransportArg, sandbox: &Sandbox) -> Result<TransportKind> {
     let shared = sandbox.runner.capabilities().shared_fs;
-    Ok(match args.policy.transport {
+    Ok(match arg {
         TransportArg::Stream => TransportKind::Stream,
         TransportArg::OneShot => TransportKind::OneShot,
         TransportArg::Posix => TransportKind::Posix,
@@ -153,7 +154,7 @@ fn transport(args: &UpArgs, sandbox: &Sandbox) -> Result<TransportKind> {
         TransportArg::SharedFs => {
             bail!("--transport shared-fs works only with --sandbox local")
         }
-        TransportArg::Auto if shared && args.sandbox.sandbox == SandboxKind::Local => {
+        TransportArg::Auto if shared && sandbox.kind == SandboxKind::Local => {
             TransportKind::SharedFs
         }
         TransportArg::Auto => TransportKind::Stream,

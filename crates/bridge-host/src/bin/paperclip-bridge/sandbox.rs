@@ -17,6 +17,8 @@ pub struct Sandbox {
     pub runner: Arc<dyn Runner>,
     /// The bridge's directory inside the sandbox.
     pub workdir: PathBuf,
+    /// What `--sandbox` said.
+    pub kind: SandboxKind,
     bwrap: Option<Arc<BwrapSandbox>>,
     e2b: Option<E2bSandbox>,
     /// A host directory we made and must remove.
@@ -36,11 +38,17 @@ impl Sandbox {
                     read_only: args.ro_bind.clone(),
                     writable: args.bind.clone(),
                 };
-                let sandbox = BwrapSandbox::create_with(&workdir, &mounts)
-                    .await
-                    .context("creating the local sandbox (bubblewrap)")?;
+                let created = BwrapSandbox::create_using(&args.bwrap, &workdir, &mounts).await;
+                let sandbox = match created {
+                    Ok(sandbox) => sandbox,
+                    Err(e) => {
+                        remove_made(made.as_deref());
+                        return Err(e).context("creating the local sandbox (bubblewrap)");
+                    }
+                };
                 let sandbox = Arc::new(sandbox);
                 Ok(Self {
+                    kind: args.sandbox,
                     runner: sandbox.clone(),
                     workdir,
                     bwrap: Some(sandbox),
@@ -51,6 +59,7 @@ impl Sandbox {
             SandboxKind::Local => {
                 let (workdir, made) = workdir_or_temp(args.workdir.clone())?;
                 Ok(Self {
+                    kind: args.sandbox,
                     runner: Arc::new(LocalRunner),
                     workdir,
                     bwrap: None,
@@ -67,6 +76,7 @@ impl Sandbox {
                     // Paperclip's variable for the real key: no provider's client needs it.
                     .hide_env("PAPERCLIP_API_KEY");
                 Ok(Self {
+                    kind: args.sandbox,
                     runner: Arc::new(runner),
                     workdir: args
                         .workdir
@@ -80,6 +90,7 @@ impl Sandbox {
             SandboxKind::E2b => {
                 let sandbox = open_e2b(&args.e2b).await?;
                 Ok(Self {
+                    kind: args.sandbox,
                     runner: sandbox.runner(),
                     workdir: args
                         .workdir
@@ -104,11 +115,7 @@ impl Sandbox {
                 tracing::warn!(sandbox = %id, error = %e, "could not end the E2B sandbox (E2B ends it when its time to live runs out)");
             }
         }
-        if let Some(dir) = self.host_dir {
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "could not remove the sandbox directory");
-            }
-        }
+        remove_made(self.host_dir.as_deref());
     }
 }
 
@@ -135,6 +142,15 @@ async fn open_e2b(args: &E2bArgs) -> Result<E2bSandbox> {
             })?,
     };
     Ok(sandbox)
+}
+
+/// Removes the temporary directory `workdir_or_temp` made, if it made one.
+fn remove_made(dir: Option<&std::path::Path>) {
+    if let Some(dir) = dir {
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove the sandbox directory");
+        }
+    }
 }
 
 /// The given directory, or a new private one under the system temp dir.

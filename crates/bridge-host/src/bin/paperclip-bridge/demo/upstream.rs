@@ -63,6 +63,15 @@ impl DemoUpstream {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// How many requests for `path` arrived (of the first thousand).
+    pub fn count(&self, path: &str) -> usize {
+        self.shared
+            .seen
+            .lock()
+            .map(|seen| seen.iter().filter(|s| s.path == path).count())
+            .unwrap_or(0)
+    }
+
     /// Lines describing every request that arrived.
     pub fn report(&self, key: &str) -> Vec<String> {
         let seen = self
