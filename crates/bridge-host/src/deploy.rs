@@ -1,12 +1,14 @@
 //! Deployment: put the gateway into a sandbox, start it, keep it up, serve its queue,
 //! and take it all down again.
 //!
-//! [`Bridge::start`] makes the queue directory (owner-only), uploads the gateway binary
-//! unless the sandbox already has the same one (sha256), starts it detached, waits for
+//! [`Bridge::start`] makes the queue directory (owner-only) and learns the sandbox's
+//! architecture (`uname -m`, in the same exec), uploads the gateway binary built for it
+//! ([`GatewayBinaries`]) unless the sandbox already has the same one (sha256), starts it detached, waits for
 //! `ready.json` and starts the worker. It costs two execs when the binary is already there
 //! and the channel holds. Every step is safe to repeat and is retried on channel failures
 //! (`deploy/retry.rs`); a supervisor restarts a gateway that crashes (`deploy/supervise.rs`).
 
+mod arch;
 mod retry;
 mod scripts;
 mod steps;
@@ -27,6 +29,7 @@ use crate::runner::{Exec, Runner, RunnerError};
 use crate::transport::{self, TransportKind};
 use crate::worker::{Worker, WorkerConfig, WorkerHandle};
 
+pub use arch::{Arch, GatewayBinaries, GATEWAY_FILE_NAME};
 pub use retry::{RetryPolicy, DEPLOY_ATTEMPTS, DEPLOY_BACKOFF_CAP, DEPLOY_BACKOFF_START};
 pub use scripts::SCRIPT_TOOLS;
 pub use supervise::{
@@ -45,8 +48,9 @@ const SUPERVISOR_STOP_BOUND: Duration = Duration::from_secs(120);
 /// Everything [`Bridge::start`] needs besides the runner.
 #[derive(Debug, Clone)]
 pub struct BridgeConfig {
-    /// The gateway binary on this machine (`cargo xtask dist` output, or a caller's path).
-    pub gateway_binary: PathBuf,
+    /// The gateway binaries on this machine (`cargo xtask dist` output, or a caller's
+    /// paths); the one for the sandbox's architecture is uploaded.
+    pub gateway: GatewayBinaries,
     /// A directory inside the sandbox that the bridge may use.
     pub sandbox_dir: PathBuf,
     /// The upstream API and the real credential (which stays on the host).
@@ -72,10 +76,15 @@ pub struct BridgeConfig {
 }
 
 impl BridgeConfig {
-    /// Defaults for everything but the binary, the sandbox directory and the upstream.
-    pub fn new(gateway_binary: PathBuf, sandbox_dir: PathBuf, upstream: Upstream) -> Self {
+    /// Defaults for everything but the binaries, the sandbox directory and the upstream
+    /// (a single `PathBuf` is one binary for every sandbox: [`GatewayBinaries::single`]).
+    pub fn new(
+        gateway: impl Into<GatewayBinaries>,
+        sandbox_dir: PathBuf,
+        upstream: Upstream,
+    ) -> Self {
         Self {
-            gateway_binary,
+            gateway: gateway.into(),
             sandbox_dir,
             upstream,
             policy: Arc::new(HostPolicy::default()),
@@ -122,6 +131,31 @@ pub enum DeployError {
         /// Why it could not be read.
         #[source]
         source: std::io::Error,
+    },
+    /// The sandbox's `uname -m` names an architecture the gateway is not built for.
+    #[error("the sandbox's architecture (uname -m: {machine}) has no gateway build; there are builds for {}", arch::list(&Arch::ALL))]
+    UnsupportedArch {
+        /// What `uname -m` printed (bounded and escaped).
+        machine: String,
+    },
+    /// No gateway binary was given for the sandbox's architecture.
+    #[error("the sandbox is {arch}, but there is no gateway binary for {arch} (have: {}); build it with `cargo xtask dist --target {}`, or pass one", arch::list(.have), .arch.musl_target())]
+    NoBinaryForArch {
+        /// The sandbox's architecture.
+        arch: Arch,
+        /// The architectures there are binaries for.
+        have: Vec<Arch>,
+    },
+    /// The gateway binary chosen is an ELF file for another architecture than the
+    /// sandbox's.
+    #[error("the gateway binary {path} is built for {binary}, but the sandbox is {machine} (uname -m); build it with `cargo xtask dist` and pass the matching one")]
+    WrongArch {
+        /// The binary.
+        path: PathBuf,
+        /// What its ELF header says.
+        binary: Arch,
+        /// What the sandbox's `uname -m` printed.
+        machine: String,
     },
     /// The runner could not carry out a set-up exec at all.
     #[error("exec into the sandbox failed during {step}: {source}")]
@@ -197,20 +231,18 @@ impl Bridge {
         if config.transport == TransportKind::SharedFs && !runner.capabilities().shared_fs {
             return Err(DeployError::NotSharedFs);
         }
-        let binary =
-            std::fs::read(&config.gateway_binary).map_err(|source| DeployError::Binary {
-                path: config.gateway_binary.clone(),
-                source,
-            })?;
         let place = Place {
             queue: config.queue_dir(),
             binary: config.remote_binary(),
             setup_timeout: config.setup_timeout,
             retry: config.retry,
         };
+        let found = steps::prepare(runner.as_ref(), &place).await?;
+        let (path, binary) = config.gateway.load(&found.machine)?;
+        tracing::debug!(machine = %found.machine, binary = %path.display(), "gateway binary chosen");
         let sha = sha256_hex(&binary);
-        if steps::prepare(runner.as_ref(), &place).await? != sha {
-            tracing::info!(bytes = binary.len(), "uploading the gateway binary");
+        if found.installed_sha != sha {
+            tracing::info!(bytes = binary.len(), machine = %found.machine, "uploading the gateway binary");
             steps::upload(runner.as_ref(), &place, &binary, &sha).await?;
         } else {
             tracing::debug!("the sandbox already has this gateway binary");

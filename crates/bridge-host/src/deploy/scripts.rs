@@ -42,14 +42,16 @@ is_gateway() {
 }
 "#;
 
-/// Creates the queue (owner-only) and prints the sha256 of the gateway binary already
-/// there, or `missing`. It leaves `ready.json` and `server.pid` alone: a gateway may
-/// already serve this queue (an earlier attempt's), and [`START`] decides about it.
-/// Inputs: `Q` (queue dir), `BIN` (gateway path).
+/// Creates the queue (owner-only) and prints two lines: the sandbox's `uname -m` (which
+/// gateway build it needs; `unknown` if uname fails), then the sha256 of the gateway
+/// binary already there, or `missing`. It leaves `ready.json` and `server.pid` alone: a
+/// gateway may already serve this queue (an earlier attempt's), and [`START`] decides
+/// about it. Inputs: `Q` (queue dir), `BIN` (gateway path).
 pub(crate) const PREPARE: &str = r#"set -e
 umask 077
 mkdir -p "$Q/requests" "$Q/responses" "$Q/logs" "$(dirname "$BIN")"
 chmod 700 "$Q" "$Q/requests" "$Q/responses" "$Q/logs"
+uname -m 2>/dev/null || echo unknown
 if [ -f "$BIN" ]; then
   sha256sum "$BIN" | cut -d ' ' -f 1
 else

@@ -66,9 +66,18 @@ impl fmt::Debug for Launch {
     }
 }
 
-/// Creates the queue and returns the sha256 of the binary already in the sandbox (or
-/// `missing`).
-pub(crate) async fn prepare(runner: &dyn Runner, place: &Place) -> Result<String, DeployError> {
+/// What the first exec found in the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Found {
+    /// The sandbox's `uname -m`.
+    pub(crate) machine: String,
+    /// The sha256 of the gateway binary already installed, or `missing`.
+    pub(crate) installed_sha: String,
+}
+
+/// Creates the queue and returns the sandbox's architecture and the sha256 of the binary
+/// already there: one exec.
+pub(crate) async fn prepare(runner: &dyn Runner, place: &Place) -> Result<Found, DeployError> {
     const STEP: &str = "preparing the queue directory";
     retried(&place.retry, STEP, || async {
         let out = exec_once(
@@ -77,18 +86,36 @@ pub(crate) async fn prepare(runner: &dyn Runner, place: &Place) -> Result<String
             place.exec(scripts::PREPARE, place.setup_timeout),
         )
         .await?;
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        let hex = text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit());
-        if hex || text == "missing" {
-            Ok(text)
-        } else {
-            Err(Failure::Channel(format!(
-                "garbled output: {}",
-                bridge_protocol::shown(&text)
-            )))
-        }
+        parse_found(&String::from_utf8_lossy(&out.stdout)).map_err(Failure::Channel)
     })
     .await
+}
+
+/// The longest `uname -m` taken seriously (real ones are a dozen characters).
+const MACHINE_LIMIT: usize = 32;
+
+/// `uname -m` and then a sha256 or `missing`, as the prepare script prints them. Output
+/// that is not that was cut short or lost on the way: the caller tries again.
+pub(crate) fn parse_found(text: &str) -> Result<Found, String> {
+    let garbled = || format!("garbled output: {}", bridge_protocol::shown(text));
+    let mut lines = text.lines().map(str::trim);
+    let (Some(machine), Some(sha), None) = (lines.next(), lines.next(), lines.next()) else {
+        return Err(garbled());
+    };
+    let machine_ok = !machine.is_empty()
+        && machine.len() <= MACHINE_LIMIT
+        && machine
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    let hex = sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit());
+    if machine_ok && (hex || sha == "missing") {
+        Ok(Found {
+            machine: machine.to_owned(),
+            installed_sha: sha.to_owned(),
+        })
+    } else {
+        Err(garbled())
+    }
 }
 
 /// Sends the binary through stdin in chunks, each stored under its own name, then joins

@@ -109,13 +109,21 @@ pub struct UpstreamArgs {
     pub upstream_timeout: u64,
 }
 
-/// The gateway binary to upload into the sandbox.
+/// The gateway binary to upload into the sandbox: the one built for its `uname -m`.
 #[derive(Debug, Clone, Args)]
 pub struct GatewayBinArg {
-    /// The gateway binary to upload [default: target/dist/<musl>/ or next to this binary].
-    #[arg(long, value_name = "PATH")]
+    /// One gateway binary for the sandbox, whatever its architecture (an ELF binary for
+    /// another one is refused) [default: the one for the sandbox's architecture from
+    /// --gateway-dist, else next to this binary].
+    #[arg(long, value_name = "PATH", conflicts_with = "gateway_dist")]
     #[arg(env = "PAPERCLIP_BRIDGE_SERVER_BIN", hide_env_values = true)]
     pub gateway_bin: Option<PathBuf>,
+    /// A directory laid out as `cargo xtask dist` leaves target/dist
+    /// (`DIR/<arch>-unknown-linux-musl/paperclip-bridge-server`); the binary for the
+    /// sandbox's `uname -m` is uploaded [default: target/dist, found from this binary].
+    #[arg(long, value_name = "DIR")]
+    #[arg(env = "PAPERCLIP_BRIDGE_DIST_DIR", hide_env_values = true)]
+    pub gateway_dist: Option<PathBuf>,
 }
 
 /// Policy and worker tuning.

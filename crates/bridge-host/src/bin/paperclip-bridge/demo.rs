@@ -57,7 +57,7 @@ pub async fn demo(args: DemoArgs, mut shutdown: Shutdown) -> Result<ExitCode> {
             Some("demo-run-1".into()),
             Duration::from_secs(10),
         )?;
-        let binary = crate::run::gateway_binary(args.gateway.gateway_bin.clone())?;
+        let binary = crate::run::gateway_binaries(&args.gateway)?;
         let config = BridgeConfig::new(binary, sandbox.workdir.clone(), upstream_client);
         let started = std::time::Instant::now();
         let bridge = Bridge::start(sandbox.runner.clone(), config)

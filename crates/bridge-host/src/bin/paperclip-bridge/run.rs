@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use bridge_host::deploy::{Bridge, BridgeConfig, BridgeHandle};
+use bridge_host::deploy::{Bridge, BridgeConfig, BridgeHandle, GatewayBinaries, GATEWAY_FILE_NAME};
 use bridge_host::runner::{ExitStatus, Process, Signal, Spawn};
 use bridge_host::transport::TransportKind;
 use clap::Args;
@@ -129,8 +129,8 @@ async fn teardown(sandbox: Sandbox, bridge: BridgeHandle) {
 fn bridge_config(args: &UpArgs, sandbox_dir: PathBuf) -> Result<BridgeConfig> {
     let upstream = args.upstream.upstream()?;
     let policy = args.policy.policy()?;
-    let binary = gateway_binary(args.bridge.gateway.gateway_bin.clone())?;
-    let mut config = BridgeConfig::new(binary, sandbox_dir, upstream);
+    let binaries = gateway_binaries(&args.bridge.gateway)?;
+    let mut config = BridgeConfig::new(binaries, sandbox_dir, upstream);
     config.policy = Arc::new(policy);
     config.worker.concurrency = args.policy.concurrency.max(1);
     config.worker.response_timeout = Duration::from_millis(args.bridge.response_timeout_ms);
@@ -161,24 +161,42 @@ pub fn transport(arg: TransportArg, sandbox: &Sandbox) -> Result<TransportKind> 
     })
 }
 
-/// Where the gateway binary is: the flag, else the static dist build, else beside us.
-pub fn gateway_binary(given: Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(path) = given {
+/// Which gateway binaries there are: `--gateway-bin`, else a dist directory (the flag, or
+/// `target/dist` found from this program), else the binary beside us. Deployment picks
+/// the one for the sandbox's architecture.
+pub fn gateway_binaries(given: &GatewayBinArg) -> Result<GatewayBinaries> {
+    if let Some(path) = &given.gateway_bin {
         if !path.is_file() {
             bail!("gateway binary {} does not exist", path.display());
         }
-        return Ok(path);
+        return Ok(GatewayBinaries::single(path.clone()));
+    }
+    if let Some(dir) = &given.gateway_dist {
+        let found = GatewayBinaries::from_dist_dir(dir);
+        if found.is_empty() {
+            bail!(
+                "no gateway binary in {} (looked for <arch>-unknown-linux-musl/{GATEWAY_FILE_NAME}): \
+                 build them with `cargo xtask dist`",
+                dir.display()
+            );
+        }
+        return Ok(found);
     }
     let exe = std::env::current_exe().context("finding this program's path")?;
     let dir = exe.parent().context("this program has no folder")?;
-    let candidates = [
-        dir.join("../dist/x86_64-unknown-linux-musl/paperclip-bridge-server"),
-        dir.join("../../dist/x86_64-unknown-linux-musl/paperclip-bridge-server"),
-        dir.join("paperclip-bridge-server"),
-    ];
-    candidates.into_iter().find(|p| p.is_file()).context(
-        "no gateway binary found: build it with `cargo xtask dist` or pass --gateway-bin PATH",
-    )
+    // target/<profile>/ and target/<triple>/<profile>/ both reach target/dist.
+    let dist = [dir.join("../dist"), dir.join("../../dist")]
+        .iter()
+        .map(|d| GatewayBinaries::from_dist_dir(d))
+        .find(|found| !found.is_empty());
+    if let Some(found) = dist {
+        return Ok(found);
+    }
+    let beside = dir.join(GATEWAY_FILE_NAME);
+    if beside.is_file() {
+        return Ok(GatewayBinaries::single(beside));
+    }
+    bail!("no gateway binary found: build it with `cargo xtask dist` or pass --gateway-bin PATH")
 }
 
 /// Runs the agent with live output and returns its exit status as ours.
