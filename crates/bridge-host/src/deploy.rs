@@ -10,6 +10,7 @@
 mod retry;
 mod scripts;
 mod steps;
+mod stream_start;
 mod supervise;
 
 use std::path::{Path, PathBuf};
@@ -23,7 +24,7 @@ use tokio::sync::watch;
 
 use crate::policy::HostPolicy;
 use crate::proxy::Upstream;
-use crate::runner::{Exec, Runner, RunnerError};
+use crate::runner::{Exec, ExecStream, Runner, RunnerError};
 use crate::transport::{self, TransportKind};
 use crate::worker::{Worker, WorkerConfig, WorkerHandle};
 
@@ -208,20 +209,22 @@ impl Bridge {
             retry: config.retry,
         };
         let sha = sha256_hex(&binary);
-        if steps::prepare(runner.as_ref(), &place).await? != sha {
-            tracing::info!(bytes = binary.len(), "uploading the gateway binary");
-            steps::upload(runner.as_ref(), &place, &binary, &sha).await?;
-        } else {
-            tracing::debug!("the sandbox already has this gateway binary");
-        }
         let mut launch = launch(&config);
-        let ready = steps::start_gateway(runner.as_ref(), &place, &launch).await?;
+        let (ready, session) = if streams_at_start(&config, runner.as_ref()) {
+            let started =
+                stream_start::start(runner.as_ref(), &place, &launch, &binary, &sha).await?;
+            (started.ready, Some(started.session))
+        } else {
+            let ready =
+                deploy_step_by_step(runner.as_ref(), &place, &launch, &binary, &sha).await?;
+            (ready, None)
+        };
         // ready.json is the sandbox's word.
         let url = bridge_protocol::shown(&ready.base_url);
         tracing::info!(url = %url, pid = ready.pid, "gateway ready");
         // A restarted gateway must be where the agent already calls.
         launch.port = ready.port;
-        let worker = spawn_worker(&runner, &config, &place);
+        let worker = spawn_worker(&runner, &config, &place, session);
         let restarts = Arc::new(AtomicU64::new(0));
         let (failed, failure) = watch::channel(None);
         let supervisor = supervise::Supervisor {
@@ -249,6 +252,28 @@ impl Bridge {
     }
 }
 
+/// The stream transport starts in one streaming exec that becomes its session.
+fn streams_at_start(config: &BridgeConfig, runner: &dyn Runner) -> bool {
+    config.transport == TransportKind::Stream && runner.capabilities().streaming
+}
+
+/// One exec per step: prepare (and learn the binary's hash), upload if it differs, start.
+async fn deploy_step_by_step(
+    runner: &dyn Runner,
+    place: &Place,
+    launch: &Launch,
+    binary: &[u8],
+    sha: &str,
+) -> Result<ReadyFile, DeployError> {
+    if steps::prepare(runner, place).await? != sha {
+        tracing::info!(bytes = binary.len(), "uploading the gateway binary");
+        steps::upload(runner, place, binary, sha).await?;
+    } else {
+        tracing::debug!("the sandbox already has this gateway binary");
+    }
+    steps::start_gateway(runner, place, launch).await
+}
+
 /// What the gateway is started with (the port is the first gateway's for restarts).
 fn launch(config: &BridgeConfig) -> Launch {
     Launch {
@@ -270,19 +295,37 @@ fn launch(config: &BridgeConfig) -> Launch {
     }
 }
 
-fn spawn_worker(runner: &Arc<dyn Runner>, config: &BridgeConfig, place: &Place) -> WorkerHandle {
+/// Starts the worker; `session` is the start-up exec that became the stream transport's
+/// session, if it did.
+fn spawn_worker(
+    runner: &Arc<dyn Runner>,
+    config: &BridgeConfig,
+    place: &Place,
+    session: Option<ExecStream>,
+) -> WorkerHandle {
     let mut kind = config.transport;
     if kind == TransportKind::Stream && !runner.capabilities().streaming {
         tracing::info!("the runner cannot stream: using the one-shot transport (an exec per call)");
         kind = TransportKind::OneShot;
     }
-    let transport = transport::build(
-        kind,
-        runner.clone(),
-        place.queue.clone(),
-        place.binary.clone(),
-        config.setup_timeout,
-    );
+    let transport: Arc<dyn transport::Transport> = match session {
+        Some(session) => Arc::new(
+            transport::StreamTransport::new(
+                runner.clone(),
+                place.queue.clone(),
+                place.binary.clone(),
+                config.setup_timeout,
+            )
+            .with_opened(session),
+        ),
+        None => transport::build(
+            kind,
+            runner.clone(),
+            place.queue.clone(),
+            place.binary.clone(),
+            config.setup_timeout,
+        ),
+    };
     Worker::spawn(
         transport,
         config.upstream.clone(),

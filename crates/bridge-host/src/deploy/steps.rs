@@ -188,7 +188,7 @@ pub(crate) async fn start_gateway(
 
 /// The start script waits up to the ready time-out three times (for the lock, for
 /// another deployment's gateway to stop, for `ready.json`): its exec bound covers all.
-fn start_exec(place: &Place, launch: &Launch) -> Exec {
+pub(crate) fn start_exec(place: &Place, launch: &Launch) -> Exec {
     let tries = (launch.ready_timeout.as_millis() / 10).max(1).to_string();
     let exec = place
         .exec(
@@ -211,7 +211,7 @@ fn start_exec(place: &Place, launch: &Launch) -> Exec {
 
 /// `pid N` and then `ready.json`, as the start script prints them. Output that is not
 /// that was cut short or lost on the way: the caller tries again.
-fn parse_ready(text: &str) -> Result<ReadyFile, String> {
+pub(crate) fn parse_ready(text: &str) -> Result<ReadyFile, String> {
     let garbled = || format!("garbled output: {}", bridge_protocol::shown(text));
     let (first, json) = text.split_once('\n').ok_or_else(garbled)?;
     if !first.starts_with("pid ") {
