@@ -29,7 +29,7 @@ pub fn main(args: &[String]) -> Result<()> {
         [what] if what == "gateway" => gateway(),
         [what, extra @ ..] if what == "bridge" => bridge(extra),
         _ => bail!(
-            "usage: cargo xtask bench gateway | bridge [--scale] [--transport stream|oneshot|posix|shared-fs]"
+            "usage: cargo xtask bench gateway | bridge [--scale] [--transport stream|oneshot|posix|shared-fs] [--delay-ms D]"
         ),
     }
 }

@@ -130,7 +130,7 @@ async fn main() -> Result<()> {
     // Without streaming, the bridge reaches the queue with one exec per batch.
     let bridge = Bridge::start(
         sandbox.clone(),
-        BridgeConfig::new(gateway.into(), dir, upstream),
+        BridgeConfig::new(std::path::PathBuf::from(gateway), dir, upstream),
     )
     .await?;
 

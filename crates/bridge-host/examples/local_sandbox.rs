@@ -31,7 +31,11 @@ async fn main() -> Result<()> {
     let upstream = Upstream::new(api_url, key, None, Duration::from_secs(30))?;
     let dir = tempfile::tempdir()?; // the sandbox's private directory
     let sandbox = Arc::new(BwrapSandbox::create(dir.path()).await?);
-    let config = BridgeConfig::new(gateway.into(), dir.path().into(), upstream);
+    let config = BridgeConfig::new(
+        std::path::PathBuf::from(gateway),
+        dir.path().into(),
+        upstream,
+    );
     let bridge = Bridge::start(sandbox.clone(), config).await?;
 
     // The agent gets the bridge's variables only: the gateway URL and the bridge token.

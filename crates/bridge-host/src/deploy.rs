@@ -12,6 +12,7 @@ mod arch;
 mod retry;
 mod scripts;
 mod steps;
+mod stream_start;
 mod supervise;
 
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ use tokio::sync::watch;
 
 use crate::policy::HostPolicy;
 use crate::proxy::Upstream;
-use crate::runner::{Exec, Runner, RunnerError};
+use crate::runner::{Exec, ExecStream, Runner, RunnerError};
 use crate::transport::{self, TransportKind};
 use crate::worker::{Worker, WorkerConfig, WorkerHandle};
 
@@ -237,24 +238,22 @@ impl Bridge {
             setup_timeout: config.setup_timeout,
             retry: config.retry,
         };
-        let found = steps::prepare(runner.as_ref(), &place).await?;
-        let (path, binary) = config.gateway.load(&found.machine)?;
-        tracing::debug!(machine = %found.machine, binary = %path.display(), "gateway binary chosen");
-        let sha = sha256_hex(&binary);
-        if found.installed_sha != sha {
-            tracing::info!(bytes = binary.len(), machine = %found.machine, "uploading the gateway binary");
-            steps::upload(runner.as_ref(), &place, &binary, &sha).await?;
-        } else {
-            tracing::debug!("the sandbox already has this gateway binary");
-        }
         let mut launch = launch(&config);
-        let ready = steps::start_gateway(runner.as_ref(), &place, &launch).await?;
+        let (ready, session) = if streams_at_start(&config, runner.as_ref()) {
+            let started =
+                stream_start::start(runner.as_ref(), &place, &launch, &config.gateway).await?;
+            (started.ready, Some(started.session))
+        } else {
+            let ready =
+                deploy_step_by_step(runner.as_ref(), &place, &launch, &config.gateway).await?;
+            (ready, None)
+        };
         // ready.json is the sandbox's word.
         let url = bridge_protocol::shown(&ready.base_url);
         tracing::info!(url = %url, pid = ready.pid, "gateway ready");
         // A restarted gateway must be where the agent already calls.
         launch.port = ready.port;
-        let worker = spawn_worker(&runner, &config, &place);
+        let worker = spawn_worker(&runner, &config, &place, session);
         let restarts = Arc::new(AtomicU64::new(0));
         let (failed, failure) = watch::channel(None);
         let supervisor = supervise::Supervisor {
@@ -282,6 +281,32 @@ impl Bridge {
     }
 }
 
+/// The stream transport starts in one streaming exec that becomes its session.
+fn streams_at_start(config: &BridgeConfig, runner: &dyn Runner) -> bool {
+    config.transport == TransportKind::Stream && runner.capabilities().streaming
+}
+
+/// One exec per step: prepare (and learn the machine and the installed binary's hash),
+/// upload the machine's binary if it differs, start.
+async fn deploy_step_by_step(
+    runner: &dyn Runner,
+    place: &Place,
+    launch: &Launch,
+    binaries: &GatewayBinaries,
+) -> Result<ReadyFile, DeployError> {
+    let found = steps::prepare(runner, place).await?;
+    let (path, binary) = binaries.load(&found.machine)?;
+    tracing::debug!(machine = %found.machine, binary = %path.display(), "gateway binary chosen");
+    let sha = sha256_hex(&binary);
+    if found.installed_sha != sha {
+        tracing::info!(bytes = binary.len(), machine = %found.machine, "uploading the gateway binary");
+        steps::upload(runner, place, &binary, &sha).await?;
+    } else {
+        tracing::debug!("the sandbox already has this gateway binary");
+    }
+    steps::start_gateway(runner, place, launch).await
+}
+
 /// What the gateway is started with (the port is the first gateway's for restarts).
 fn launch(config: &BridgeConfig) -> Launch {
     Launch {
@@ -303,19 +328,37 @@ fn launch(config: &BridgeConfig) -> Launch {
     }
 }
 
-fn spawn_worker(runner: &Arc<dyn Runner>, config: &BridgeConfig, place: &Place) -> WorkerHandle {
+/// Starts the worker; `session` is the start-up exec that became the stream transport's
+/// session, if it did.
+fn spawn_worker(
+    runner: &Arc<dyn Runner>,
+    config: &BridgeConfig,
+    place: &Place,
+    session: Option<ExecStream>,
+) -> WorkerHandle {
     let mut kind = config.transport;
     if kind == TransportKind::Stream && !runner.capabilities().streaming {
         tracing::info!("the runner cannot stream: using the one-shot transport (an exec per call)");
         kind = TransportKind::OneShot;
     }
-    let transport = transport::build(
-        kind,
-        runner.clone(),
-        place.queue.clone(),
-        place.binary.clone(),
-        config.setup_timeout,
-    );
+    let transport: Arc<dyn transport::Transport> = match session {
+        Some(session) => Arc::new(
+            transport::StreamTransport::new(
+                runner.clone(),
+                place.queue.clone(),
+                place.binary.clone(),
+                config.setup_timeout,
+            )
+            .with_opened(session),
+        ),
+        None => transport::build(
+            kind,
+            runner.clone(),
+            place.queue.clone(),
+            place.binary.clone(),
+            config.setup_timeout,
+        ),
+    };
     Worker::spawn(
         transport,
         config.upstream.clone(),

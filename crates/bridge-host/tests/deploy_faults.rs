@@ -18,6 +18,7 @@ use bridge_host::deploy::{Bridge, BridgeConfig, RetryPolicy};
 use bridge_host::runner::{
     BoxFuture, Capabilities, Exec, ExecOutput, ExecStream, LocalRunner, Runner, RunnerError, Spawn,
 };
+use bridge_host::transport::TransportKind;
 use common::*;
 
 /// One way the exec channel fails.
@@ -55,6 +56,9 @@ struct Flaky {
     lost_starts: AtomicU64,
     /// Lose the first start's result after it ran.
     lose_first_start: bool,
+    /// Faults for streaming execs (the one-exec start-up), a repeating pattern.
+    stream_plan: Vec<Option<Fault>>,
+    streams: AtomicU64,
 }
 
 impl Flaky {
@@ -65,7 +69,16 @@ impl Flaky {
             injected: Mutex::default(),
             lost_starts: AtomicU64::new(0),
             lose_first_start,
+            stream_plan: vec![None],
+            streams: AtomicU64::new(0),
         })
+    }
+
+    /// A runner whose execs work and whose streams fail by `pattern`.
+    fn streaming(pattern: Vec<Option<Fault>>) -> Arc<Self> {
+        let mut flaky = Arc::into_inner(Flaky::new(Plan::Cycle(vec![None]), false)).unwrap();
+        flaky.stream_plan = pattern;
+        Arc::new(flaky)
     }
 
     fn fault_for(&self, n: u64, exec: &Exec) -> Option<Fault> {
@@ -137,7 +150,29 @@ impl Runner for Flaky {
     }
 
     fn stream(&self, spawn: Spawn) -> BoxFuture<'_, Result<ExecStream, RunnerError>> {
-        LocalRunner.stream(spawn)
+        Box::pin(async move {
+            let n = self.streams.fetch_add(1, Ordering::SeqCst) as usize;
+            let Some(fault) = self.stream_plan[n % self.stream_plan.len()] else {
+                return LocalRunner.stream(spawn).await;
+            };
+            *self.injected.lock().unwrap().entry(fault).or_default() += 1;
+            match fault {
+                Fault::SpawnFailed => Err(RunnerError::Spawn {
+                    program: "ssh".into(),
+                    source: std::io::Error::other("resource temporarily unavailable"),
+                }),
+                // The script runs (long enough to start the gateway), then the stream
+                // drops: nothing it printed arrives.
+                _ => {
+                    let mut stream = LocalRunner.stream(spawn).await?;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    stream.process.kill();
+                    stream.stdout = Box::pin(tokio::io::empty());
+                    stream.stderr = Box::pin(tokio::io::empty());
+                    Ok(stream)
+                }
+            }
+        })
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -165,6 +200,9 @@ fn config(recorder: &Recorder, dir: &Path) -> BridgeConfig {
     config.setup_timeout = Duration::from_secs(1);
     config.ready_timeout = Duration::from_secs(3);
     config.restart.check_interval = Duration::from_millis(100);
+    // The exec faults below meet the step-by-step deployment (one exec a step); the
+    // one-exec streaming start has its own test.
+    config.transport = TransportKind::OneShot;
     config
 }
 
@@ -257,6 +295,35 @@ async fn deployment_through_a_faulty_channel_starts_one_gateway_that_serves() {
     );
     assert_eq!(gateways(&binary).len(), 1, "still exactly one gateway");
     assert_eq!(call(&bridge.agent_env(), 2).await, "200 200");
+    bridge.stop().await.unwrap();
+    assert!(
+        gateways(&binary).is_empty(),
+        "the gateway is gone after stop"
+    );
+}
+
+#[tokio::test]
+async fn the_one_exec_start_survives_a_faulty_stream_with_one_gateway() {
+    use Fault::*;
+    let (recorder, dir) = recorder_and_dir().await;
+    // The first stream cannot open, the second runs the start and is lost.
+    let flaky = Flaky::streaming(vec![Some(SpawnFailed), Some(RanThenLost), None]);
+    let mut config = config(&recorder, dir.path());
+    config.transport = TransportKind::Stream;
+    let bridge = Bridge::start(flaky.clone(), config).await.unwrap();
+    let injected = flaky.injected();
+    eprintln!("faults injected: {injected:?}");
+    assert_eq!(injected.get(&SpawnFailed), Some(&1), "{injected:?}");
+    assert_eq!(injected.get(&RanThenLost), Some(&1), "{injected:?}");
+    assert_eq!(flaky.streams.load(Ordering::SeqCst), 3, "two retries");
+    let binary = remote_binary(dir.path());
+    assert_eq!(gateways(&binary).len(), 1, "exactly one gateway runs");
+    assert_eq!(call(&bridge.agent_env(), 3).await, "200 200 200");
+    assert_eq!(
+        bridge.worker().exec_count(),
+        1,
+        "the start became the session"
+    );
     bridge.stop().await.unwrap();
     assert!(
         gateways(&binary).is_empty(),

@@ -33,7 +33,13 @@ pub struct BenchArgs {
     /// Only this transport's cells (stream, oneshot, posix or shared-fs).
     #[arg(long, value_name = "NAME")]
     pub transport: Option<String>,
+    /// Only the cells with this exec delay `d` (ms).
+    #[arg(long, value_name = "MS")]
+    pub delay_ms: Option<u64>,
 }
+
+/// The upstream's credential (a bench has no secret).
+const BENCH_KEY: &str = "bench-key";
 
 /// One cell of the matrix.
 struct Cell {
@@ -46,21 +52,31 @@ struct Cell {
 /// only at `d` = 0.
 const EXEC_TRANSPORTS: &[&str] = &["stream", "oneshot", "posix"];
 
-fn matrix(only: Option<&str>) -> Vec<Cell> {
+/// Exec delays measured with an upstream latency too; [`FAR`] is measured with `u` = 0.
+const DELAYS: &[u64] = &[0, 25];
+/// The distant provider's `d` (ms).
+const FAR: u64 = 100;
+/// Callers at once in the two loaded runs.
+const LOADS: [usize; 2] = [16, 64];
+
+fn matrix(only: Option<&str>, delay: Option<u64>) -> Vec<Cell> {
     let mut cells = Vec::new();
     for &transport in EXEC_TRANSPORTS.iter().chain(&["shared-fs"]) {
-        let delays: &[u64] = if transport == "shared-fs" {
-            &[0]
-        } else {
-            &[0, 25]
-        };
-        for &d in delays {
-            for u in [0, 50] {
-                cells.push(Cell { transport, d, u });
-            }
+        if transport == "shared-fs" {
+            cells.extend([0, 50].map(|u| Cell { transport, d: 0, u }));
+            continue;
         }
+        for &d in DELAYS {
+            cells.extend([0, 50].map(|u| Cell { transport, d, u }));
+        }
+        cells.push(Cell {
+            transport,
+            d: FAR,
+            u: 0,
+        });
     }
     cells.retain(|c| only.is_none_or(|t| t == c.transport));
+    cells.retain(|c| delay.is_none_or(|d| d == c.d));
     cells
 }
 
@@ -71,9 +87,13 @@ pub async fn bench(args: BenchArgs) -> Result<ExitCode> {
         println!("{}", json!({ "cores": cores(), "scale": rows }));
         return Ok(ExitCode::SUCCESS);
     }
-    let cells = matrix(args.transport.as_deref());
+    let cells = matrix(args.transport.as_deref(), args.delay_ms);
     if cells.is_empty() {
-        bail!("no transport named {:?}", args.transport);
+        bail!(
+            "no cells for transport {:?} and delay {:?}",
+            args.transport,
+            args.delay_ms
+        );
     }
     let mut rows = Vec::new();
     for cell in &cells {
@@ -91,7 +111,7 @@ pub async fn bench(args: BenchArgs) -> Result<ExitCode> {
 
 async fn run_cell(args: &BenchArgs, cell: &Cell) -> Result<Value> {
     let upstream = crate::upstream::DemoUpstream::start_with_latency(
-        "bench-key".into(),
+        BENCH_KEY.into(),
         Duration::from_millis(cell.u),
     )
     .await?;
@@ -120,7 +140,7 @@ async fn run_cell(args: &BenchArgs, cell: &Cell) -> Result<Value> {
         };
     let client = Upstream::new(
         &upstream.url(),
-        Secret::new("bench-key".into()),
+        Secret::new(BENCH_KEY.into()),
         None,
         Duration::from_secs(30),
     )?;
@@ -131,7 +151,8 @@ async fn run_cell(args: &BenchArgs, cell: &Cell) -> Result<Value> {
         "posix" => TransportKind::Posix,
         _ => TransportKind::SharedFs,
     };
-    config.worker.concurrency = 16;
+    // As many forwards at once as the most callers a row has, so c = 64 is not capped here.
+    config.worker.concurrency = 64;
     config.max_queue_depth = 256;
     // Warm the binary cache so start-up measures the start, not the upload.
     Bridge::start(runner.clone(), config.clone())
@@ -141,7 +162,8 @@ async fn run_cell(args: &BenchArgs, cell: &Cell) -> Result<Value> {
     let started = Instant::now();
     let bridge = Bridge::start(runner.clone(), config).await?;
     let startup_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let mut result = measure(args, cell, &runner, &bridge, &dir, startup_ms).await;
+    let url = upstream.url();
+    let mut result = measure(args, cell, &runner, &bridge, (&dir, &url), startup_ms).await;
     if let Ok(row) = &mut result {
         row["sandbox_ms"] = json!(sandbox_ms);
     }
@@ -158,7 +180,7 @@ async fn measure(
     cell: &Cell,
     runner: &Arc<dyn Runner>,
     bridge: &BridgeHandle,
-    dir: &std::path::Path,
+    (dir, upstream_url): (&std::path::Path, &str),
     startup_ms: f64,
 ) -> Result<Value> {
     // In the sandbox's PID namespace `ready.json` holds the gateway's pid there; memory is
@@ -170,7 +192,6 @@ async fn measure(
     let seq_execs = (execs() - before) as f64 / 60.0;
     let mut seq_lat = latencies(&seq)?;
     seq_lat.drain(..10.min(seq_lat.len()));
-    let before = execs();
     let session = session_pid(bridge.queue_dir());
     let sampler = tokio::spawn(async move {
         let (mut gateway, mut helper) = (0, 0);
@@ -182,18 +203,27 @@ async fn measure(
         (gateway, helper)
     });
     let seconds = args.load_seconds.to_string();
-    let conc = load(
-        runner,
-        bridge,
-        dir,
-        &["--concurrency", "16", "--seconds", &seconds],
-    )
-    .await?;
+    let mut loaded = serde_json::Map::new();
+    for callers in LOADS {
+        let before = execs();
+        let out = load(
+            runner,
+            bridge,
+            dir,
+            &["--concurrency", &callers.to_string(), "--seconds", &seconds],
+        )
+        .await?;
+        let lat = latencies(&out)?;
+        let n = lat.len();
+        let per_s = n as f64 / out["seconds"].as_f64().unwrap_or(1.0);
+        let c = format!("c{callers}");
+        loaded.insert(format!("{c}_req_per_s"), json!(per_s));
+        loaded.insert(format!("{c}_p50_ms"), json!(pct(&lat, 50)));
+        loaded.insert(format!("{c}_p99_ms"), json!(pct(&lat, 99)));
+        let per_req = (execs() - before) as f64 / n.max(1) as f64;
+        loaded.insert(format!("execs_per_req_{c}"), json!(per_req));
+    }
     let (gw_loaded, helper_loaded) = sampler.await.unwrap_or((0, 0));
-    let conc_lat = latencies(&conc)?;
-    let conc_n = conc_lat.len();
-    let load_execs = (execs() - before) as f64 / conc_n.max(1) as f64;
-    let throughput = conc_n as f64 / conc["seconds"].as_f64().unwrap_or(1.0);
     let idle = if cell.u == 0 {
         let before = execs();
         tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
@@ -201,15 +231,46 @@ async fn measure(
     } else {
         None
     };
-    Ok(json!({
+    let direct = match cell.d {
+        0 => Some(direct(upstream_url).await?),
+        _ => None,
+    };
+    let mut row = json!({
         "transport": cell.transport, "d_ms": cell.d, "u_ms": cell.u,
         "seq_p50_ms": pct(&seq_lat, 50), "seq_p95_ms": pct(&seq_lat, 95), "seq_p99_ms": pct(&seq_lat, 99),
-        "c16_req_per_s": throughput, "c16_p50_ms": pct(&conc_lat, 50), "c16_p99_ms": pct(&conc_lat, 99),
-        "execs_per_req_seq": seq_execs, "execs_per_req_c16": load_execs, "idle_execs_per_s": idle,
+        "direct_p50_ms": direct.as_ref().map(|d| pct(d, 50)),
+        "direct_p99_ms": direct.as_ref().map(|d| pct(d, 99)),
+        "execs_per_req_seq": seq_execs, "idle_execs_per_s": idle,
         "gateway_rss_idle_kib": rss_kib(gateway_pid), "gateway_rss_loaded_kib": gw_loaded,
         "session_rss_loaded_kib": session.map(|_| helper_loaded),
         "host_rss_kib": rss_kib(std::process::id()), "startup_ms": startup_ms,
-    }))
+    });
+    if let Some(row) = row.as_object_mut() {
+        row.extend(loaded);
+    }
+    Ok(row)
+}
+
+/// Sequential calls from this machine straight to the upstream (no bridge), the same
+/// load generator as in the sandbox: what the bridge adds is the difference.
+async fn direct(upstream_url: &str) -> Result<Vec<f64>> {
+    let exe = std::env::current_exe()?;
+    let out = tokio::process::Command::new(exe)
+        .args(["load", "--sequential", "60"])
+        .env("PAPERCLIP_API_URL", upstream_url)
+        .env("PAPERCLIP_API_KEY", BENCH_KEY)
+        .output()
+        .await
+        .context("running the load generator on this machine")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value: Value =
+        serde_json::from_str(text.trim()).with_context(|| format!("direct load output: {text}"))?;
+    if value["errors"].as_u64() != Some(0) {
+        bail!("the direct load saw {} failed requests", value["errors"]);
+    }
+    let mut lat = latencies(&value)?;
+    lat.drain(..10.min(lat.len()));
+    Ok(lat)
 }
 
 /// The sandbox shows the load generator (this very binary) read-only: it is a host file.
@@ -322,29 +383,47 @@ fn cores() -> usize {
         .unwrap_or(1)
 }
 
+/// The round-trip floors beside each figure: a call cannot beat `d + u`, nor `c` callers
+/// `c / (d + u)`, nor a start one exec (`d`).
+fn floor(r: &Value) -> (f64, impl Fn(usize) -> String) {
+    let rtt = r["d_ms"].as_f64().unwrap_or(0.0) + r["u_ms"].as_f64().unwrap_or(0.0);
+    let rate = move |c: usize| match rtt {
+        0.0 => "-".to_owned(),
+        rtt => format!("{:.0}", c as f64 * 1000.0 / rtt),
+    };
+    (rtt, rate)
+}
+
 fn print_table(rows: &[Value]) {
-    println!("| transport | d | u | seq p50 / p95 / p99 (ms) | c=16 req/s | c=16 p50 / p99 (ms) | execs/req seq | execs/req c=16 | idle execs/s | gateway RSS idle / loaded | session RSS loaded | host RSS | start-up | sandbox start |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| transport | d | u | start-up (floor d) | seq p50 / p95 / p99 (floor d+u) | added by the bridge p50 / p99 | c=16 req/s (floor) | c=16 p50 / p99 | c=64 req/s (floor) | c=64 p50 / p99 | execs/req seq / c=16 / c=64 | idle execs/s | gateway RSS idle / loaded | session RSS loaded | host RSS | sandbox start |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
-        let idle = r["idle_execs_per_s"]
-            .as_f64()
-            .map(|v| format!("{v:.2}"))
-            .unwrap_or_else(|| "-".into());
-        let session = r["session_rss_loaded_kib"]
-            .as_f64()
-            .map(|v| format!("{:.1} MiB", v / 1024.0))
-            .unwrap_or_else(|| "-".into());
-        let sandbox = r["sandbox_ms"]
-            .as_f64()
-            .map(|v| format!("{v:.0} ms"))
-            .unwrap_or_else(|| "-".into());
+        let opt = |k: &str, show: &dyn Fn(f64) -> String| {
+            r[k].as_f64().map(show).unwrap_or_else(|| "-".into())
+        };
+        let (rtt, rate) = floor(r);
+        let added = match (r["direct_p50_ms"].as_f64(), r["direct_p99_ms"].as_f64()) {
+            (Some(p50), Some(p99)) => format!(
+                "{:+.2} / {:+.2} ms (direct {p50:.2} / {p99:.2})",
+                f("seq_p50_ms") - p50,
+                f("seq_p99_ms") - p99
+            ),
+            _ => "-".into(),
+        };
         println!(
-            "| {} | {} ms | {} ms | {:.1} / {:.1} / {:.1} | {:.0} | {:.1} / {:.1} | {:.2} | {:.2} | {} | {:.1} / {:.1} MiB | {} | {:.1} MiB | {:.0} ms | {} |",
+            "| {} | {} ms | {} ms | {:.0} ms ({}) | {:.1} / {:.1} / {:.1} ({rtt:.0}) | {added} | {:.0} ({}) | {:.1} / {:.1} | {:.0} ({}) | {:.1} / {:.1} | {:.2} / {:.2} / {:.2} | {} | {:.1} / {:.1} MiB | {} | {:.1} MiB | {} |",
             r["transport"].as_str().unwrap_or("?"), r["d_ms"], r["u_ms"],
-            f("seq_p50_ms"), f("seq_p95_ms"), f("seq_p99_ms"), f("c16_req_per_s"), f("c16_p50_ms"), f("c16_p99_ms"),
-            f("execs_per_req_seq"), f("execs_per_req_c16"), idle,
-            f("gateway_rss_idle_kib") / 1024.0, f("gateway_rss_loaded_kib") / 1024.0, session, f("host_rss_kib") / 1024.0, f("startup_ms"), sandbox,
+            f("startup_ms"), r["d_ms"],
+            f("seq_p50_ms"), f("seq_p95_ms"), f("seq_p99_ms"),
+            f("c16_req_per_s"), rate(16), f("c16_p50_ms"), f("c16_p99_ms"),
+            f("c64_req_per_s"), rate(64), f("c64_p50_ms"), f("c64_p99_ms"),
+            f("execs_per_req_seq"), f("execs_per_req_c16"), f("execs_per_req_c64"),
+            opt("idle_execs_per_s", &|v| format!("{v:.2}")),
+            f("gateway_rss_idle_kib") / 1024.0, f("gateway_rss_loaded_kib") / 1024.0,
+            opt("session_rss_loaded_kib", &|v| format!("{:.1} MiB", v / 1024.0)),
+            f("host_rss_kib") / 1024.0,
+            opt("sandbox_ms", &|v| format!("{v:.0} ms")),
         );
     }
 }

@@ -145,6 +145,26 @@ impl GatewayBinaries {
         }
     }
 
+    /// The sha256 of every binary, under the variable the one-exec start script picks
+    /// from by `uname -m` (`SHA_X86_64`, `SHA_AARCH64`, and `SHA_ANY` for the binary for
+    /// any sandbox), so the sandbox can tell whether it has the right one without asking.
+    pub(crate) fn shas(&self) -> Result<Vec<(String, String)>, DeployError> {
+        let named = self
+            .by_arch
+            .iter()
+            .map(|(arch, path)| (format!("SHA_{}", arch.name().to_ascii_uppercase()), path))
+            .chain(self.any.iter().map(|path| ("SHA_ANY".to_owned(), path)));
+        named
+            .map(|(name, path)| {
+                let bytes = std::fs::read(path).map_err(|source| DeployError::Binary {
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok((name, super::sha256_hex(&bytes)))
+            })
+            .collect()
+    }
+
     /// Selects the binary for `machine`, reads it and checks that it can run there.
     pub(crate) fn load(&self, machine: &str) -> Result<(PathBuf, Vec<u8>), DeployError> {
         let path = self.select(machine)?.to_path_buf();

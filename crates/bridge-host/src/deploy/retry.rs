@@ -114,11 +114,17 @@ pub(crate) async fn exec_once(
     if out.success() {
         return Ok(out);
     }
-    let failure = script_failure(step, &out);
-    if channel_failed(&out) {
-        Err(Failure::Channel(failure.to_string()))
+    Err(classify(step, &out))
+}
+
+/// What an unsuccessful exec's result means: a channel failure to retry, or the script's
+/// own (fatal).
+pub(crate) fn classify(step: &'static str, out: &ExecOutput) -> Failure {
+    let failure = script_failure(step, out);
+    if channel_failed(out) {
+        Failure::Channel(failure.to_string())
     } else {
-        Err(Failure::Fatal(failure))
+        Failure::Fatal(failure)
     }
 }
 

@@ -126,7 +126,8 @@ rm -rf "$dir"
 /// gateway per queue). A new gateway gets a clean slate: no `ready.json`, no requests or
 /// answers of dead callers. Waits at most `TRIES` rounds of 10 ms for `ready.json`.
 /// Exits 3 with the log tail if the gateway dies first, 4 on time-out, 75 if the lock
-/// stays busy.
+/// stays busy. Once `ready.json` is printed it runs `ready_then`, which the script
+/// defines before this body.
 const START_BODY: &str = r#"cd "$Q"
 lock=start.lock
 i=0
@@ -146,7 +147,7 @@ trap 'rm -rf "$lock"' EXIT
 await_ready() {
   i=0
   while [ "$i" -lt "$TRIES" ]; do
-    if [ -f ready.json ]; then echo "pid $1"; cat ready.json; exit 0; fi
+    if [ -f ready.json ]; then echo "pid $1"; cat ready.json; ready_then; fi
     if ! alive "$1"; then
       echo "the gateway exited before it was ready; its log:" >&2
       tail -n 40 logs/bridge.log >&2
@@ -184,8 +185,54 @@ await_ready "$pid"
 /// `pid N` and its `ready.json` (see [`START_BODY`]). The gateway's own settings arrive
 /// in the environment too.
 pub(crate) fn start() -> String {
-    format!("{FUNCTIONS}{START_BODY}")
+    format!("{FUNCTIONS}ready_then() {{ exit 0; }}\n{START_BODY}")
 }
+
+/// Start-up in one streaming exec: [`PREPARE`]'s queue, then `machine M` (`uname -m`),
+/// and the installed gateway binary is checked against the sha256 the host has for that
+/// machine (`SHA_X86_64`, `SHA_AARCH64`, else `SHA_ANY`). If it differs, the script
+/// prints `upload` and reads a line `SIZE SHA` and then exactly `SIZE` bytes of stdin as
+/// the new binary (checked, renamed into place; a damaged one exits 75). Then
+/// [`START_BODY`], and once `ready.json` is printed the exec becomes the stream
+/// transport's session on the same stdin and stdout. The host sends nothing after the
+/// binary until the session's greeting, so `head` cannot read past it (and `read` takes
+/// its line a byte at a time from a pipe).
+pub(crate) fn start_session() -> String {
+    format!("{FUNCTIONS}{SESSION_PRELUDE}{START_BODY}")
+}
+
+/// The part of [`start_session`] before [`START_BODY`].
+const SESSION_PRELUDE: &str = r#"umask 077
+mkdir -p "$Q/requests" "$Q/responses" "$Q/logs" "$(dirname "$BIN")" || exit 3
+chmod 700 "$Q" "$Q/requests" "$Q/responses" "$Q/logs" || exit 3
+machine=$(uname -m 2>/dev/null || echo unknown)
+echo "machine $machine"
+case "$machine" in
+  x86_64|amd64) want=${SHA_X86_64:-$SHA_ANY} ;;
+  aarch64|arm64) want=${SHA_AARCH64:-$SHA_ANY} ;;
+  *) want=$SHA_ANY ;;
+esac
+have=missing
+[ ! -f "$BIN" ] || have=$(sha256sum "$BIN" | cut -d ' ' -f 1)
+if [ -z "$want" ] || [ "$have" != "$want" ]; then
+  tmp="$BIN.tmp.$$"
+  echo upload
+  read -r size sha || exit 75
+  head -c "$size" > "$tmp" || { rm -f "$tmp"; exit 75; }
+  got=$(sha256sum "$tmp" | cut -d ' ' -f 1)
+  if [ "$got" != "$sha" ]; then
+    rm -f "$tmp"
+    echo "the gateway binary arrived damaged (sha256 $got)" >&2
+    exit 75
+  fi
+  chmod 700 "$tmp" && mv -f "$tmp" "$BIN" || exit 3
+fi
+ready_then() {
+  rm -rf "$Q/start.lock"
+  trap - EXIT
+  exec "$BIN" session --queue-dir "$Q"
+}
+"#;
 
 /// Prints `alive` if the gateway in `server.pid` runs, else `dead`: the supervisor's
 /// cheap liveness check. Inputs: `Q`, `BIN`.

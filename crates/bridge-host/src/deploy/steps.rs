@@ -94,6 +94,15 @@ pub(crate) async fn prepare(runner: &dyn Runner, place: &Place) -> Result<Found,
 /// The longest `uname -m` taken seriously (real ones are a dozen characters).
 const MACHINE_LIMIT: usize = 32;
 
+/// A plausible `uname -m` (short, plain characters): anything else is garbled output.
+pub(crate) fn valid_machine(machine: &str) -> bool {
+    !machine.is_empty()
+        && machine.len() <= MACHINE_LIMIT
+        && machine
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+}
+
 /// `uname -m` and then a sha256 or `missing`, as the prepare script prints them. Output
 /// that is not that was cut short or lost on the way: the caller tries again.
 pub(crate) fn parse_found(text: &str) -> Result<Found, String> {
@@ -102,11 +111,7 @@ pub(crate) fn parse_found(text: &str) -> Result<Found, String> {
     let (Some(machine), Some(sha), None) = (lines.next(), lines.next(), lines.next()) else {
         return Err(garbled());
     };
-    let machine_ok = !machine.is_empty()
-        && machine.len() <= MACHINE_LIMIT
-        && machine
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    let machine_ok = valid_machine(machine);
     let hex = sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit());
     if machine_ok && (hex || sha == "missing") {
         Ok(Found {
@@ -215,7 +220,7 @@ pub(crate) async fn start_gateway(
 
 /// The start script waits up to the ready time-out three times (for the lock, for
 /// another deployment's gateway to stop, for `ready.json`): its exec bound covers all.
-fn start_exec(place: &Place, launch: &Launch) -> Exec {
+pub(crate) fn start_exec(place: &Place, launch: &Launch) -> Exec {
     let tries = (launch.ready_timeout.as_millis() / 10).max(1).to_string();
     let exec = place
         .exec(
@@ -238,7 +243,7 @@ fn start_exec(place: &Place, launch: &Launch) -> Exec {
 
 /// `pid N` and then `ready.json`, as the start script prints them. Output that is not
 /// that was cut short or lost on the way: the caller tries again.
-fn parse_ready(text: &str) -> Result<ReadyFile, String> {
+pub(crate) fn parse_ready(text: &str) -> Result<ReadyFile, String> {
     let garbled = || format!("garbled output: {}", bridge_protocol::shown(text));
     let (first, json) = text.split_once('\n').ok_or_else(garbled)?;
     if !first.starts_with("pid ") {

@@ -20,6 +20,9 @@ use super::{BoxFuture, Capabilities, Exec, ExecOutput, ExecStream, Runner, Runne
 const LINE_BUFFER: usize = 1024 * 1024;
 /// Chunks in flight inside one delay line.
 const LINE_CHUNKS: usize = 4096;
+/// How early tokio's timer is asked to wake before a deadline; the rest is slept on a
+/// blocking thread (see [`wait_until`]).
+const TIMER_SLACK: Duration = Duration::from_millis(2);
 
 /// Wraps a runner; every exec waits `delay` first.
 #[derive(Debug)]
@@ -38,22 +41,22 @@ impl DelayRunner {
 impl Runner for DelayRunner {
     fn exec(&self, exec: Exec) -> BoxFuture<'_, Result<ExecOutput, RunnerError>> {
         Box::pin(async move {
-            if !self.delay.is_zero() {
-                tokio::time::sleep(self.delay).await;
-            }
+            wait_until(Instant::now() + self.delay).await;
             self.inner.exec(exec).await
         })
     }
 
     fn stream(&self, spawn: Spawn) -> BoxFuture<'_, Result<ExecStream, RunnerError>> {
         Box::pin(async move {
-            let inner = self.inner.stream(spawn).await?;
             if self.delay.is_zero() {
-                return Ok(inner); // no delay lines: each would still cost a timer tick
+                // No delay lines: each would still cost a timer tick.
+                return self.inner.stream(spawn).await;
             }
-            // The request to start travels one way; the greeting comes back the other.
+            // The request to start travels one way before the process starts; what it
+            // prints comes back the other way.
             let one_way = self.delay / 2;
-            tokio::time::sleep(one_way).await;
+            wait_until(Instant::now() + one_way).await;
+            let inner = self.inner.stream(spawn).await?;
             Ok(ExecStream {
                 stdin: delayed_writer(inner.stdin, one_way),
                 stdout: delayed_reader(inner.stdout, one_way),
@@ -69,7 +72,7 @@ impl Runner for DelayRunner {
         bytes: Vec<u8>,
     ) -> BoxFuture<'_, Result<(), RunnerError>> {
         Box::pin(async move {
-            tokio::time::sleep(self.delay).await;
+            wait_until(Instant::now() + self.delay).await;
             self.inner.upload(path, bytes).await
         })
     }
@@ -128,15 +131,31 @@ where
     });
     tokio::spawn(async move {
         while let Some((at, bytes)) = due.recv().await {
-            if at > Instant::now() {
-                tokio::time::sleep_until(at).await;
-            }
+            wait_until(at).await;
             if to.write_all(&bytes).await.is_err() || to.flush().await.is_err() {
                 return;
             }
         }
         let _ = to.shutdown().await;
     })
+}
+
+/// Waits until `at`, to about 0.1 ms. tokio's timer rounds every deadline up to the next
+/// whole millisecond, which would add up to a millisecond per leg that a real network does
+/// not (measured: 28.5 ms sequential at d = 25 ms); so it sleeps to just before the
+/// deadline and a blocking thread sleeps the rest.
+async fn wait_until(at: Instant) {
+    if at <= Instant::now() {
+        return;
+    }
+    if let Some(early) = at.checked_sub(TIMER_SLACK).filter(|e| *e > Instant::now()) {
+        tokio::time::sleep_until(early).await;
+    }
+    let rest = at.saturating_duration_since(Instant::now());
+    if !rest.is_zero() {
+        // If the blocking pool is gone (runtime shutting down), the wait ends early.
+        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
+    }
 }
 
 #[cfg(test)]
@@ -157,5 +176,14 @@ mod tests {
         let mut rest = Vec::new();
         output.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_wait_ends_at_its_deadline_not_before() {
+        for ms in [0, 1, 3, 10] {
+            let at = Instant::now() + Duration::from_millis(ms);
+            wait_until(at).await;
+            assert!(Instant::now() >= at, "{ms} ms");
+        }
     }
 }

@@ -11,7 +11,10 @@ const FIX: &str = "cargo xtask dist (builds target/dist/<target>/paperclip-bridg
 
 /// The check's outcome, and the binary when one was found (for the end-to-end check).
 pub fn check(args: &DoctorArgs) -> (Outcome, Option<PathBuf>) {
-    let path = match crate::run::gateway_binary(args.gateway.gateway_bin.clone()) {
+    // The binary a sandbox on this machine gets (a remote one picks by its own uname -m).
+    let chosen = crate::run::gateway_binaries(&args.gateway)
+        .and_then(|binaries| Ok(binaries.select(std::env::consts::ARCH)?.to_path_buf()));
+    let path = match chosen {
         Ok(path) => path,
         Err(e) => return (Outcome::fail(format!("{e:#}"), FIX), None),
     };
