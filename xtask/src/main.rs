@@ -5,6 +5,7 @@ mod chaos;
 mod demo;
 mod dist;
 mod e2e;
+mod fuzz;
 mod paperclip;
 mod progress;
 mod test;
@@ -25,6 +26,9 @@ tasks:
                                 channel, every mutation counted (docs/reliability.md)
   demo                          the bridge end to end in a local isolated sandbox
   dist [--target TRIPLE]        build the static gateway binary into target/dist/<target>/
+  fuzz --smoke | fuzz TARGET [SECONDS]
+                                the cargo-fuzz targets in fuzz/ (nightly): a short run of
+                                each, or a long one that grows and minimises the corpus
   paperclip up|seed|down|status a real Paperclip server for the e2e suite
   e2e                           the end-to-end suite against a real Paperclip server
   test                          all tests (unit, integration, end-to-end)
@@ -42,6 +46,7 @@ fn main() -> Result<()> {
         "demo" => demo::main(rest),
         "dist" => dist::main(rest),
         "e2e" => e2e::main(rest),
+        "fuzz" => fuzz::main(rest),
         "paperclip" => paperclip::main(rest),
         "test" => test::main(rest),
         "help" | "--help" | "-h" => {

@@ -97,11 +97,16 @@ pub fn canonicalize_path(path: &str) -> Result<CanonicalPath, PathRejection> {
     Ok(CanonicalPath(out))
 }
 
-/// Checks a query string (`""` or `?...`): URL characters and well-formed escapes only.
-pub fn validate_query(query: &str) -> Result<(), PathRejection> {
+/// Canonicalises a query string (`""` or `?...`): URL characters and well-formed escapes
+/// only, with `'` written `%27`.
+///
+/// A WHATWG URL parser (reqwest's) percent-encodes `'` in the query of an `http(s)` URL,
+/// so the query checked here would not be the one sent; the canonical form is already
+/// what the parser leaves unchanged.
+pub fn canonicalize_query(query: &str) -> Result<String, PathRejection> {
     let Some(rest) = query.strip_prefix('?') else {
         return if query.is_empty() {
-            Ok(())
+            Ok(String::new())
         } else {
             Err(PathRejection::BadQuery)
         };
@@ -110,20 +115,25 @@ pub fn validate_query(query: &str) -> Result<(), PathRejection> {
         return Err(PathRejection::BadQuery);
     }
     let bytes = rest.as_bytes();
+    let mut out = String::with_capacity(query.len() + 8);
+    out.push('?');
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
         if b == b'%' {
             hex_pair(bytes, i).ok_or(PathRejection::BadQuery)?;
+            out.push_str(&rest[i..i + 3]);
             i += 3;
             continue;
         }
-        if !(is_pchar(b) || b == b'/' || b == b'?') {
-            return Err(PathRejection::BadQuery);
+        match b {
+            b'\'' => out.push_str("%27"),
+            b if is_pchar(b) || b == b'/' || b == b'?' => out.push(char::from(b)),
+            _ => return Err(PathRejection::BadQuery),
         }
         i += 1;
     }
-    Ok(())
+    Ok(out)
 }
 
 /// One segment in canonical form; rejects what could change its meaning when decoded.
@@ -258,11 +268,14 @@ mod tests {
 
     #[test]
     fn queries() {
-        assert_eq!(validate_query(""), Ok(()));
-        assert_eq!(validate_query("?a=1&b=%20x/y?z"), Ok(()));
-        assert_eq!(validate_query("a=1"), Err(BadQuery));
-        assert_eq!(validate_query("?a=1#frag"), Err(BadQuery));
-        assert_eq!(validate_query("?a= 1"), Err(BadQuery));
-        assert_eq!(validate_query("?a=%g1"), Err(BadQuery));
+        let ok = |q: &str| canonicalize_query(q).unwrap();
+        assert_eq!(ok(""), "");
+        assert_eq!(ok("?a=1&b=%20x/y?z"), "?a=1&b=%20x/y?z");
+        assert_eq!(ok("?q='x'"), "?q=%27x%27");
+        assert_eq!(canonicalize_query("a=1"), Err(BadQuery));
+        assert_eq!(canonicalize_query("?a=1#frag"), Err(BadQuery));
+        assert_eq!(canonicalize_query("?a= 1"), Err(BadQuery));
+        assert_eq!(canonicalize_query("?a=%g1"), Err(BadQuery));
+        assert_eq!(canonicalize_query("?a=%2"), Err(BadQuery));
     }
 }

@@ -32,10 +32,7 @@ pub(crate) async fn read_limited(
     body: &mut BodyDataStream,
     limit: usize,
 ) -> Result<Vec<u8>, BodyError> {
-    let declared = headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(headers);
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(BodyError::TooLarge);
     }
@@ -112,12 +109,23 @@ pub(crate) fn check_declared(
     path: &str,
     headers: &HeaderMap,
 ) -> Result<(), BodyError> {
-    let length = headers.get("content-length").and_then(|v| v.to_str().ok());
-    let declared = headers.contains_key("transfer-encoding") || length.is_some_and(|n| n != "0");
+    let declared = headers.contains_key("transfer-encoding")
+        || (headers.contains_key("content-length") && declared_length(headers) != Some(0));
     match declared {
         true => kind(method, path, headers).map(|_| ()),
         false => Ok(()),
     }
+}
+
+/// The `content-length` as hyper reads it: `00` is 0, and a list of equal values (`0, 0`)
+/// is that value (hyper has already refused unequal ones).
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    let value = headers.get("content-length")?.to_str().ok()?;
+    value
+        .split(',')
+        .map(|part| part.trim().parse::<u64>().ok())
+        .reduce(|a, b| if a == b { a } else { None })
+        .flatten()
 }
 
 /// Encodes a body for the request file, or says why its type is refused.
@@ -161,6 +169,22 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("content-type", content_type.parse().unwrap());
         h
+    }
+
+    #[test]
+    fn an_empty_body_needs_no_type_however_its_length_is_written() {
+        for length in ["0", "00", "0, 0"] {
+            let mut h = HeaderMap::new();
+            h.insert("content-length", length.parse().unwrap());
+            assert_eq!(
+                check_declared(&Method::POST, "/api/x", &h),
+                Ok(()),
+                "{length}"
+            );
+        }
+        let mut h = HeaderMap::new();
+        h.insert("content-length", "01".parse().unwrap());
+        assert!(check_declared(&Method::POST, "/api/x", &h).is_err());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! sandbox can write one without a token), so nothing the gateway checked is assumed.
 
 use bridge_protocol::codec::{envelope_limit, CodecError};
-use bridge_protocol::path::validate_query;
+use bridge_protocol::path::canonicalize_query;
 use bridge_protocol::policy::route_denied_message;
 use bridge_protocol::wire::{self, Headers, RequestFile, WireError};
 use bridge_protocol::{canonicalize_path, CanonicalPath};
@@ -17,7 +17,7 @@ pub struct Checked {
     pub method: String,
     /// The canonical path, allowed by the route allowlist.
     pub path: CanonicalPath,
-    /// The validated query string (with its `?`), or empty.
+    /// The canonical query string (with its `?`), or empty.
     pub query: String,
     /// Only allowlisted headers.
     pub headers: Headers,
@@ -61,7 +61,7 @@ pub fn check(id: &str, bytes: &[u8], policy: &HostPolicy) -> Result<Checked, Box
     }
     let path = canonicalize_path(raw_path)
         .map_err(|reason| refuse(400, &reason.to_string(), method, raw_path))?;
-    validate_query(&file.query)
+    let query = canonicalize_query(&file.query)
         .map_err(|reason| refuse(400, &reason.to_string(), method, raw_path))?;
     if !policy.routes.allows(method, &path) {
         let message = route_denied_message(method, path.as_str());
@@ -79,21 +79,29 @@ pub fn check(id: &str, bytes: &[u8], policy: &HostPolicy) -> Result<Checked, Box
     Ok(Checked {
         method: file.method.clone(),
         path,
-        query: file.query.clone(),
+        query,
         headers: allowlisted(&file.headers, &policy.request_headers),
         body,
     })
 }
 
-/// Keeps allowlisted headers; anything else (a smuggled `authorization`, `host`, run id)
-/// is dropped.
+/// Keeps allowlisted headers whose values are valid HTTP field values; anything else (a
+/// smuggled `authorization`, `host`, run id, a value with a control character that the
+/// HTTP client would refuse to send, failing the whole request) is dropped.
 fn allowlisted(headers: &Headers, allowed: &[String]) -> Headers {
     headers
         .iter()
         .map(|(k, v)| (k.to_ascii_lowercase(), v))
-        .filter(|(k, v)| allowed.contains(k) && !v.contains(['\r', '\n', '\0']))
+        .filter(|(k, v)| allowed.contains(k) && is_field_value(v))
         .map(|(k, v)| (k, v.clone()))
         .collect()
+}
+
+/// RFC 9110 field-value bytes: tab, visible ASCII, space and obs-text (no other control).
+fn is_field_value(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 fn refuse(status: u16, message: &str, method: &str, path: &str) -> Box<Refusal> {
@@ -132,6 +140,32 @@ mod tests {
         .unwrap();
         assert_eq!(checked.headers.keys().collect::<Vec<_>>(), ["accept"]);
         assert_eq!(checked.path.as_str(), "/api/agents/me");
+    }
+
+    #[test]
+    fn header_values_with_control_characters_are_dropped() {
+        let policy = HostPolicy::default();
+        for (value, kept) in [
+            ("a\tb", true),
+            ("é", true),
+            ("a\u{1}b", false),
+            ("a\u{7f}", false),
+        ] {
+            let json = file("GET", "/api/agents/me", "").replace(
+                r#""accept":"*/*""#,
+                &format!(r#""accept":{}"#, serde_json::json!(value)),
+            );
+            let checked = check("r1", json.as_bytes(), &policy).unwrap();
+            assert_eq!(checked.headers.contains_key("accept"), kept, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn queries_are_forwarded_in_canonical_form() {
+        let json =
+            file("GET", "/api/agents/me", "").replace(r#""query":"""#, r#""query":"?q='x'""#);
+        let checked = check("r1", json.as_bytes(), &HostPolicy::default()).unwrap();
+        assert_eq!(checked.query, "?q=%27x%27");
     }
 
     #[test]
