@@ -109,6 +109,11 @@ impl CommandRunner {
         Self::new(split_words(prefix)?)
     }
 
+    /// The program the prefix starts on this machine (found in this process's PATH).
+    pub fn program(&self) -> &str {
+        &self.prefix[0]
+    }
+
     /// `<prefix...> env -i PATH=.. LANG=.. sh -c <script>`. The prefix is a host tool
     /// (`kubectl` needs KUBECONFIG, `ssh` SSH_AUTH_SOCK, `docker` DOCKER_HOST), so it keeps
     /// this process's environment; the environment is cleared on the far side, inside the

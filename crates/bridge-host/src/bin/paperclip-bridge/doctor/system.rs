@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bridge_host::runner::bwrap::{self, SANDBOX_PATH};
-use bridge_host::runner::{exec_path, find_program, Tool, ToolSide};
+use bridge_host::runner::{exec_path, find_program, CommandRunner, Tool, ToolSide};
 
 use super::Outcome;
 use crate::args::{SandboxArgs, SandboxKind};
@@ -25,9 +25,14 @@ pub fn tools(args: &SandboxArgs) -> Outcome {
             .chain(scripts)
             .map(host_tool)
             .collect(),
-        SandboxKind::Exec => match args.exec.as_deref().and_then(first_word) {
-            Some(program) => vec![host_tool(&program)],
-            None => return Outcome::fail("--sandbox exec without --exec", "pass --exec PREFIX"),
+        SandboxKind::Exec => match exec_program(args.exec.as_deref()) {
+            Ok(program) => vec![Tool {
+                // The prefix keeps this process's environment, PATH included.
+                found: find_program(&program, &std::env::var("PATH").unwrap_or_default()),
+                name: program,
+                side: ToolSide::Host,
+            }],
+            Err(why) => return Outcome::fail(why, "pass --exec PREFIX, e.g. 'ssh -T HOST'"),
         },
         SandboxKind::E2b => return Outcome::Skip("E2B needs no program here (HTTP)".into()),
     };
@@ -42,11 +47,12 @@ fn host_tool(name: &str) -> Tool {
     }
 }
 
-fn first_word(prefix: &str) -> Option<String> {
-    prefix
-        .split_whitespace()
-        .next()
-        .map(|w| w.trim_matches(['\'', '"']).to_owned())
+/// The program an `--exec` prefix starts, split as the runner splits it.
+fn exec_program(prefix: Option<&str>) -> Result<String, String> {
+    let prefix = prefix.ok_or("--sandbox exec without --exec")?;
+    CommandRunner::parse(prefix)
+        .map(|runner| runner.program().to_owned())
+        .map_err(|e| format!("--exec {prefix:?}: {e}"))
 }
 
 fn judge(tools: &[Tool], args: &SandboxArgs) -> Outcome {
