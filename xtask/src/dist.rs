@@ -1,8 +1,11 @@
-//! `cargo xtask dist`: the static gateway binary that ships into sandboxes.
+//! `cargo xtask dist`: the static gateway binaries that ship into sandboxes.
 //!
-//! Builds `paperclip-bridge-server` for a musl target with the size-optimised release
-//! profile, copies it to `target/dist/<target>/` with a `.sha256` beside it, prints its size
-//! and checks that it is statically linked (no ELF interpreter).
+//! Builds `paperclip-bridge-server` for the x86_64 and aarch64 musl targets (or the one
+//! `--target` names) with the size-optimised release profile, copies each to
+//! `target/dist/<target>/` with a `.sha256` beside it, prints its size and checks that it
+//! is statically linked (no ELF interpreter), built for the target's machine and at most
+//! [`MAX_BYTES`]. aarch64 links with Rust's own `rust-lld` (`.cargo/config.toml`): musl's
+//! start files and libc come with the rustup target, so no cross gcc is needed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,16 +16,22 @@ use crate::{cargo, run, target_dir};
 
 const BINARY: &str = "paperclip-bridge-server";
 const DEFAULT_TARGET: &str = "x86_64-unknown-linux-musl";
+/// The aarch64 build: sandboxes on ARM machines (Graviton, Ampere, Apple silicon VMs).
+pub const AARCH64_TARGET: &str = "aarch64-unknown-linux-musl";
 const GNU_FALLBACK: &str = "x86_64-unknown-linux-gnu";
+/// The most a shipped gateway may weigh: it is uploaded into every sandbox.
+const MAX_BYTES: u64 = 3 * 1024 * 1024;
 
 pub fn main(args: &[String]) -> Result<()> {
-    let target = match args {
-        [] => DEFAULT_TARGET.to_owned(),
-        [flag, target] if flag == "--target" => target.clone(),
+    let targets = match args {
+        [] => vec![DEFAULT_TARGET.to_owned(), AARCH64_TARGET.to_owned()],
+        [flag, target] if flag == "--target" => vec![target.clone()],
         _ => bail!("usage: cargo xtask dist [--target TRIPLE]"),
     };
-    let path = build(&target)?;
-    println!("{}", path.display());
+    for target in targets {
+        let path = build(&target)?;
+        println!("{}", path.display());
+    }
     Ok(())
 }
 
@@ -44,9 +53,15 @@ pub fn build(target: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(&dist_dir).context("creating target/dist")?;
     let out = dist_dir.join(BINARY);
     std::fs::copy(&built, &out).with_context(|| format!("copying {}", built.display()))?;
-    check_static(&out)?;
-    write_sha256(&out)?;
+    check_static(&out, &target)?;
     let size = std::fs::metadata(&out)?.len();
+    if size > MAX_BYTES {
+        bail!(
+            "{} is {size} bytes, over the {MAX_BYTES}-byte (3 MiB) bound for a shipped gateway",
+            out.display()
+        );
+    }
+    write_sha256(&out)?;
     eprintln!(
         "dist: {} ({} bytes, {:.2} MiB, statically linked, target {target})",
         out.display(),
@@ -56,14 +71,8 @@ pub fn build(target: &str) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// Makes sure the rustup target (and for aarch64, the cross linker) is there.
+/// Makes sure the rustup target is there.
 fn prepare_target(target: &str) -> Result<String> {
-    if target.starts_with("aarch64-") && which("aarch64-linux-gnu-gcc").is_none() {
-        bail!(
-            "building for {target} needs a cross linker: install Debian's \
-             gcc-aarch64-linux-gnu (and qemu-user-static to run the result here)"
-        );
-    }
     if installed_targets()?.iter().any(|t| t == target) {
         return Ok(target.to_owned());
     }
@@ -95,22 +104,27 @@ fn installed_targets() -> Result<Vec<String>> {
         .collect())
 }
 
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(program))
-            .find(|p| p.is_file())
-    })
-}
-
 /// A statically linked ELF has no `PT_INTERP` program header (static-pie keeps
-/// `PT_DYNAMIC` for self-relocation, but needs no loader).
-pub fn check_static(path: &Path) -> Result<()> {
+/// `PT_DYNAMIC` for self-relocation, but needs no loader); its `e_machine` must be the
+/// target's (a linker mix-up would ship the wrong machine's code under its name).
+pub fn check_static(path: &Path, target: &str) -> Result<()> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 {
         bail!("{} is not a 64-bit ELF file", path.display());
     }
     let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
+    let machine = match target.split('-').next() {
+        Some("x86_64") => Some(62),
+        Some("aarch64") => Some(183),
+        _ => None,
+    };
+    if machine.is_some_and(|m| m != u16_at(0x12)) {
+        bail!(
+            "{} is an ELF file for machine {}, not for {target}",
+            path.display(),
+            u16_at(0x12)
+        );
+    }
     let phoff = u64::from_le_bytes(bytes[0x20..0x28].try_into()?) as usize;
     let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
     for i in 0..phnum {

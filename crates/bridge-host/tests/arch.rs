@@ -136,10 +136,8 @@ fn aarch64_tools() -> Option<(PathBuf, PathBuf)> {
             qemu.display()
         ),
     };
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must run this test: {missing}"
-    );
+    let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
+    assert!(!ci, "CI must run this test: {missing}");
     eprintln!("SKIPPED: {missing}");
     None
 }

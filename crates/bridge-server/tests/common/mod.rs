@@ -107,7 +107,8 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("--- gateway log ---\n{}", self.log());
+            let line = gateway_command_line().join(" ");
+            eprintln!("--- gateway log ({line}) ---\n{}", self.log());
         }
     }
 }
@@ -117,15 +118,34 @@ pub fn spawn(dir: &Path, env: &[(&str, &str)]) -> Child {
     spawn_with(dir, env, None)
 }
 
+/// The gateway the tests run, as a command line: `BRIDGE_GATEWAY_BIN` (another build, e.g.
+/// the aarch64 one) behind the `BRIDGE_GATEWAY_RUNNER` prefix (e.g. `qemu-aarch64-static`),
+/// else the binary cargo built for this crate.
+pub fn gateway_command_line() -> Vec<String> {
+    let binary = std::env::var("BRIDGE_GATEWAY_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_paperclip-bridge-server").to_owned());
+    let runner = std::env::var("BRIDGE_GATEWAY_RUNNER").unwrap_or_default();
+    runner
+        .split_whitespace()
+        .map(str::to_owned)
+        .chain([binary])
+        .collect()
+}
+
 /// [`spawn`], through `sh -c 'ulimit -n N'` when `nofile` is given.
 pub fn spawn_with(dir: &Path, env: &[(&str, &str)], nofile: Option<u32>) -> Child {
     let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
-    let binary = env!("CARGO_BIN_EXE_paperclip-bridge-server");
+    let line = gateway_command_line();
     let mut command = match nofile {
-        None => Command::new(binary),
+        None => {
+            let mut direct = Command::new(&line[0]);
+            direct.args(&line[1..]);
+            direct
+        }
         Some(n) => {
             let mut sh = Command::new("/bin/sh");
-            sh.args(["-c", &format!("ulimit -n {n} && exec \"$0\""), binary]);
+            sh.args(["-c", &format!("ulimit -n {n} && exec \"$@\""), "sh"])
+                .args(&line);
             sh
         }
     };
