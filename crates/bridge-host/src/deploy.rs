@@ -3,9 +3,10 @@
 //!
 //! [`Bridge::start`] makes the queue directory (owner-only) and learns the sandbox's
 //! architecture (`uname -m`, in the same exec), uploads the gateway binary built for it
-//! ([`GatewayBinaries`]) unless the sandbox already has the same one (sha256), starts it detached, waits for
-//! `ready.json` and starts the worker. It costs two execs when the binary is already there
-//! and the channel holds. Every step is safe to repeat and is retried on channel failures
+//! ([`GatewayBinaries`]) unless the sandbox already has the same one (sha256), starts it
+//! detached, waits for `ready.json` and starts the worker. With the stream transport all of
+//! that is one streaming exec that then becomes the session (`deploy/stream_start.rs`);
+//! step by step it costs two execs when the binary is already there and the channel holds. Every step is safe to repeat and is retried on channel failures
 //! (`deploy/retry.rs`); a supervisor restarts a gateway that crashes (`deploy/supervise.rs`).
 
 mod arch;

@@ -155,23 +155,14 @@ impl GatewayBinaries {
             .map(|(arch, path)| (format!("SHA_{}", arch.name().to_ascii_uppercase()), path))
             .chain(self.any.iter().map(|path| ("SHA_ANY".to_owned(), path)));
         named
-            .map(|(name, path)| {
-                let bytes = std::fs::read(path).map_err(|source| DeployError::Binary {
-                    path: path.clone(),
-                    source,
-                })?;
-                Ok((name, super::sha256_hex(&bytes)))
-            })
+            .map(|(name, path)| Ok((name, super::sha256_hex(&read_binary(path)?))))
             .collect()
     }
 
     /// Selects the binary for `machine`, reads it and checks that it can run there.
     pub(crate) fn load(&self, machine: &str) -> Result<(PathBuf, Vec<u8>), DeployError> {
         let path = self.select(machine)?.to_path_buf();
-        let bytes = std::fs::read(&path).map_err(|source| DeployError::Binary {
-            path: path.clone(),
-            source,
-        })?;
+        let bytes = read_binary(&path)?;
         let built_for = Arch::of_elf(&bytes);
         match (built_for, Arch::from_uname(machine)) {
             (Some(binary), Some(sandbox)) if binary != sandbox => Err(DeployError::WrongArch {
@@ -185,6 +176,14 @@ impl GatewayBinaries {
             _ => Ok((path, bytes)),
         }
     }
+}
+
+/// The bytes of the gateway binary at `path`.
+fn read_binary(path: &Path) -> Result<Vec<u8>, DeployError> {
+    std::fs::read(path).map_err(|source| DeployError::Binary {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 impl From<PathBuf> for GatewayBinaries {
