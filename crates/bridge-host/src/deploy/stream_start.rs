@@ -121,7 +121,7 @@ async fn attempt(
     } = stream;
     let mut stdout = BufReader::new(stdout);
     let read = read_ready(&mut stdout, &mut stdin, binaries, by_stdin);
-    let why = match tokio::time::timeout(bound, read).await {
+    let (why, timed_out) = match tokio::time::timeout(bound, read).await {
         Ok(Ok(Read::Ready(ready))) => {
             let session = ExecStream {
                 stdin,
@@ -139,9 +139,14 @@ async fn attempt(
             process.kill();
             return Err(Failure::Fatal(e));
         }
-        Ok(Err(why)) => why,
-        Err(_) => format!("no ready.json within {} ms", bound.as_millis()),
+        Ok(Err(why)) => (why, false),
+        Err(_) => (
+            format!("no ready.json within {} ms", bound.as_millis()),
+            true,
+        ),
     };
+    // Nothing more is read or sent: a writer still flooding stdout gets EPIPE and ends.
+    drop((stdin, stdout));
     // What the script said and how it ended tell a channel failure from its own.
     let code = tokio::time::timeout(AFTERMATH_BOUND, process.wait())
         .await
@@ -151,11 +156,37 @@ async fn attempt(
     process.kill();
     let out = ExecOutput {
         code,
-        stdout: why.into_bytes(),
+        stdout: Vec::new(),
         stderr: read_stderr(stderr).await,
-        timed_out: code.is_none(),
+        timed_out,
     };
-    Err(classify(step, &out))
+    Err(failure(step, why, &out))
+}
+
+/// Why an attempt that printed no `ready.json` failed. A start that exited 0 without it
+/// lost or cut its output on the way (a channel failure, as a step-by-step exec's
+/// garbled output is); otherwise the exit decides ([`classify`]). A channel failure says
+/// what was wrong with the output (the sandbox's words in it are bounded and escaped).
+fn failure(step: &'static str, why: String, out: &ExecOutput) -> Failure {
+    let exit_0 = out.code == Some(0) && !out.timed_out;
+    match classify(step, out) {
+        Failure::Fatal(e) if !exit_0 => Failure::Fatal(e),
+        _ => Failure::Channel(format!("{why} ({})", ended(out))),
+    }
+}
+
+/// How the start's exec ended, and what it said on stderr, for an error message.
+fn ended(out: &ExecOutput) -> String {
+    let how = match out.code {
+        Some(code) => format!("the start's exec ended with exit {code}"),
+        None if out.timed_out => "the start's exec was killed after its bound".into(),
+        None => "the start's exec ended with no exit status".into(),
+    };
+    let stderr = out.stderr_text();
+    if stderr.is_empty() {
+        return how;
+    }
+    format!("{how}; its stderr: {}", bridge_protocol::shown(&stderr))
 }
 
 /// What the start printed before the session's greeting.
@@ -167,7 +198,8 @@ enum Read {
 }
 
 /// Reads `machine M`, sends the binary for it if the script asks (and `by_stdin`), then
-/// reads `pid N` and `ready.json`.
+/// reads `pid N` and `ready.json`. Each line is bounded ([`START_LINE_LIMIT`]), and an
+/// error names the line that was wrong.
 async fn read_ready<R, W>(
     stdout: &mut BufReader<R>,
     stdin: &mut W,
@@ -178,11 +210,12 @@ where
     R: AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin + ?Sized,
 {
-    let line = read_line(stdout).await?;
+    const MACHINE: &str = "`machine M`";
+    let line = read_line(stdout, MACHINE).await?;
     let machine = line
         .strip_prefix("machine ")
         .filter(|m| valid_machine(m))
-        .ok_or_else(|| format!("garbled output: {}", bridge_protocol::shown(&line)))?
+        .ok_or_else(|| garbled(MACHINE, &line))?
         .to_owned();
     // Chosen (and its ELF header checked) even when the sandbox has it already.
     let (path, binary) = match binaries.load(&machine) {
@@ -190,7 +223,7 @@ where
         Err(e) => return Ok(Read::Refused(e)),
     };
     tracing::debug!(%machine, binary = %path.display(), "gateway binary chosen");
-    let mut first = read_line(stdout).await?;
+    let mut first = read_line(stdout, "`pid N` or `upload`").await?;
     if first == "upload" {
         if !by_stdin {
             return Ok(Read::NeedsUpload(machine));
@@ -203,32 +236,48 @@ where
             stdin.flush().await
         };
         sent.await.map_err(|e| format!("sending the binary: {e}"))?;
-        first = read_line(stdout).await?;
+        first = read_line(stdout, "`pid N`").await?;
     }
-    let json = read_line(stdout).await?;
+    let json = read_line(stdout, "`ready.json`").await?;
     parse_ready(&format!("{first}\n{json}")).map(Read::Ready)
 }
 
-/// One line of at most [`START_LINE_LIMIT`] bytes, without its newline.
-async fn read_line<R: AsyncRead + Unpin>(stdout: &mut BufReader<R>) -> Result<String, String> {
+fn garbled(what: &str, line: &str) -> String {
+    format!(
+        "garbled output where {what} was expected: {}",
+        bridge_protocol::shown(line)
+    )
+}
+
+/// One line of at most [`START_LINE_LIMIT`] bytes, without its newline; `what` names it
+/// in an error.
+async fn read_line<R: AsyncRead + Unpin>(
+    stdout: &mut BufReader<R>,
+    what: &str,
+) -> Result<String, String> {
     let mut line = Vec::new();
     let limit = START_LINE_LIMIT as u64 + 1;
     let n = (&mut *stdout)
         .take(limit)
         .read_until(b'\n', &mut line)
         .await
-        .map_err(|e| format!("reading the start's output: {e}"))?;
-    if n == 0 {
-        return Err("the start ended before the gateway was ready".into());
+        .map_err(|e| format!("reading the start's output where {what} was expected: {e}"))?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        return Ok(String::from_utf8_lossy(&line).into_owned());
     }
-    if line.last() != Some(&b'\n') {
-        return Err(format!(
-            "garbled output: {}",
-            bridge_protocol::shown(&String::from_utf8_lossy(&line))
-        ));
-    }
-    line.pop();
-    Ok(String::from_utf8_lossy(&line).into_owned())
+    let text = String::from_utf8_lossy(&line);
+    Err(match n {
+        0 => format!("the start's output ended where {what} was expected"),
+        n if n as u64 == limit => garbled(
+            what,
+            &format!("(a line longer than {START_LINE_LIMIT} bytes) {text}"),
+        ),
+        _ => format!(
+            "the start's output ended in the middle of {what}: {}",
+            bridge_protocol::shown(&text)
+        ),
+    })
 }
 
 async fn read_stderr(stderr: Pin<Box<dyn AsyncRead + Send>>) -> Vec<u8> {
