@@ -16,7 +16,7 @@ use tokio::io::{
     AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, BufReader,
 };
 
-use super::arch::GatewayBinaries;
+use super::arch::{GatewayBinaries, ReadBinaries};
 use super::retry::{classify, retried, Failure};
 use super::steps::{parse_ready, start_exec, valid_machine, Launch, Place};
 use super::{scripts, DeployError};
@@ -53,20 +53,22 @@ pub(crate) async fn start(
     binaries: &GatewayBinaries,
 ) -> Result<Started, DeployError> {
     const STEP: &str = "starting the gateway and its session";
-    let shas = binaries.shas()?;
+    // Read once for every attempt: the hashes go first, the chosen one's bytes after.
+    let binaries = binaries.read_all()?;
+    let shas = binaries.shas();
     let by_stdin = !runner.capabilities().upload;
     let first = retried(&place.retry, STEP, || {
-        attempt(runner, place, launch, (binaries, &shas, by_stdin), STEP)
+        attempt(runner, place, launch, (&binaries, &shas, by_stdin), STEP)
     })
     .await?;
     let Outcome::NeedsUpload(machine) = first else {
         return first_started(first);
     };
-    let (path, binary) = binaries.load(&machine)?;
-    tracing::info!(bytes = binary.len(), %machine, binary = %path.display(), "uploading the gateway binary");
-    super::steps::upload(runner, place, &binary, &super::sha256_hex(&binary)).await?;
+    let binary = binaries.load(&machine)?;
+    tracing::info!(bytes = binary.bytes.len(), %machine, binary = %binary.path.display(), "uploading the gateway binary");
+    super::steps::upload(runner, place, &binary.bytes, &binary.sha).await?;
     let again = retried(&place.retry, STEP, || {
-        attempt(runner, place, launch, (binaries, &shas, false), STEP)
+        attempt(runner, place, launch, (&binaries, &shas, false), STEP)
     })
     .await?;
     first_started(again)
@@ -84,7 +86,7 @@ fn first_started(outcome: Outcome) -> Result<Started, DeployError> {
 }
 
 /// The binaries, their hashes by variable, and whether a missing one goes on stdin.
-type Binaries<'a> = (&'a GatewayBinaries, &'a [(String, String)], bool);
+type Binaries<'a> = (&'a ReadBinaries<'a>, &'a [(String, String)], bool);
 
 async fn attempt(
     runner: &dyn Runner,
@@ -203,7 +205,7 @@ enum Read {
 async fn read_ready<R, W>(
     stdout: &mut BufReader<R>,
     stdin: &mut W,
-    binaries: &GatewayBinaries,
+    binaries: &ReadBinaries<'_>,
     by_stdin: bool,
 ) -> Result<Read, String>
 where
@@ -218,21 +220,21 @@ where
         .ok_or_else(|| garbled(MACHINE, &line))?
         .to_owned();
     // Chosen (and its ELF header checked) even when the sandbox has it already.
-    let (path, binary) = match binaries.load(&machine) {
+    let binary = match binaries.load(&machine) {
         Ok(chosen) => chosen,
         Err(e) => return Ok(Read::Refused(e)),
     };
-    tracing::debug!(%machine, binary = %path.display(), "gateway binary chosen");
+    tracing::debug!(%machine, binary = %binary.path.display(), "gateway binary chosen");
     let mut first = read_line(stdout, "`pid N` or `upload`").await?;
     if first == "upload" {
         if !by_stdin {
             return Ok(Read::NeedsUpload(machine));
         }
-        tracing::info!(bytes = binary.len(), %machine, "sending the gateway binary");
-        let header = format!("{} {}\n", binary.len(), super::sha256_hex(&binary));
+        tracing::info!(bytes = binary.bytes.len(), %machine, "sending the gateway binary");
+        let header = format!("{} {}\n", binary.bytes.len(), binary.sha);
         let sent = async {
             stdin.write_all(header.as_bytes()).await?;
-            stdin.write_all(&binary).await?;
+            stdin.write_all(&binary.bytes).await?;
             stdin.flush().await
         };
         sent.await.map_err(|e| format!("sending the binary: {e}"))?;
