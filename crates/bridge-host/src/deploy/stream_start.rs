@@ -111,7 +111,12 @@ async fn attempt(
                 "the streaming exec did not open in time".into(),
             ))
         }
-        Ok(Err(e)) if e.transient() => return Err(Failure::Channel(e.to_string())),
+        Ok(Err(e)) if e.transient() => {
+            // The runner's error may quote the provider: bounded and escaped, as exec_once does.
+            return Err(Failure::Channel(
+                bridge_protocol::shown_error(&e).to_string(),
+            ));
+        }
         Ok(Err(source)) => return Err(Failure::Fatal(DeployError::Runner { step, source })),
         Ok(Ok(stream)) => stream,
     };
