@@ -342,24 +342,14 @@ fn spawn_worker(
         tracing::info!("the runner cannot stream: using the one-shot transport (an exec per call)");
         kind = TransportKind::OneShot;
     }
-    let transport: Arc<dyn transport::Transport> = match session {
-        Some(session) => Arc::new(
-            transport::StreamTransport::new(
-                runner.clone(),
-                place.queue.clone(),
-                place.binary.clone(),
-                config.setup_timeout,
-            )
-            .with_opened(session),
-        ),
-        None => transport::build(
-            kind,
-            runner.clone(),
-            place.queue.clone(),
-            place.binary.clone(),
-            config.setup_timeout,
-        ),
-    };
+    let transport = transport::build(
+        kind,
+        runner.clone(),
+        place.queue.clone(),
+        place.binary.clone(),
+        config.setup_timeout,
+        session,
+    );
     Worker::spawn(
         transport,
         config.upstream.clone(),

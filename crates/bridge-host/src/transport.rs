@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::runner::{BoxFuture, Exec, ExecOutput, Runner};
+use crate::runner::{BoxFuture, Exec, ExecOutput, ExecStream, Runner};
 
 pub use bridge_protocol::ops::{Delivery, PutItem, PutResult, TakeOptions, TakeProblem, Taken};
 
@@ -46,20 +46,33 @@ pub enum TransportKind {
 /// The transport of `kind` for the queue at `queue_dir` (as the sandbox sees it), with
 /// `binary` the gateway's path inside the sandbox (the stream and one-shot transports run
 /// it) and `exec_timeout` the bound for each exec or reply beyond a take's own wait.
+/// `opened` is a session already open (the one-exec start's, its greeting not read
+/// yet), which the stream transport adopts as its first; any other kind ends it.
 pub fn build(
     kind: TransportKind,
     runner: Arc<dyn Runner>,
     queue_dir: PathBuf,
     binary: PathBuf,
     exec_timeout: Duration,
+    opened: Option<ExecStream>,
 ) -> Arc<dyn Transport> {
+    let opened = match (kind, opened) {
+        (TransportKind::Stream, opened) => opened,
+        (other, Some(mut unused)) => {
+            tracing::debug!(kind = ?other, "an opened session is not used: ending it");
+            unused.process.kill();
+            None
+        }
+        (_, None) => None,
+    };
     match kind {
-        TransportKind::Stream => Arc::new(StreamTransport::new(
-            runner,
-            queue_dir,
-            binary,
-            exec_timeout,
-        )),
+        TransportKind::Stream => {
+            let transport = StreamTransport::new(runner, queue_dir, binary, exec_timeout);
+            Arc::new(match opened {
+                Some(session) => transport.with_opened(session),
+                None => transport,
+            })
+        }
         TransportKind::OneShot => Arc::new(OneShotTransport::new(
             runner,
             queue_dir,

@@ -145,36 +145,104 @@ impl GatewayBinaries {
         }
     }
 
-    /// The sha256 of every binary, under the variable the one-exec start script picks
-    /// from by `uname -m` (`SHA_X86_64`, `SHA_AARCH64`, and `SHA_ANY` for the binary for
-    /// any sandbox), so the sandbox can tell whether it has the right one without asking.
-    pub(crate) fn shas(&self) -> Result<Vec<(String, String)>, DeployError> {
-        let named = self
-            .by_arch
+    /// Every binary under the variable the one-exec start script picks its hash from by
+    /// `uname -m`: `SHA_X86_64`, `SHA_AARCH64`, and `SHA_ANY` for the binary for any
+    /// sandbox.
+    fn named(&self) -> impl Iterator<Item = (String, &PathBuf)> {
+        self.by_arch
             .iter()
             .map(|(arch, path)| (format!("SHA_{}", arch.name().to_ascii_uppercase()), path))
-            .chain(self.any.iter().map(|path| ("SHA_ANY".to_owned(), path)));
-        named
-            .map(|(name, path)| Ok((name, super::sha256_hex(&read_binary(path)?))))
-            .collect()
+            .chain(self.any.iter().map(|path| ("SHA_ANY".to_owned(), path)))
+    }
+
+    /// Reads every binary once (the same file named twice, once), with its sha256: the
+    /// one-exec start offers the hashes before it knows the machine and then sends the
+    /// chosen one's bytes, on each attempt, without reading a file again (all are held
+    /// while the start runs: a few megabytes each).
+    pub(crate) fn read_all(&self) -> Result<ReadBinaries<'_>, DeployError> {
+        let mut files: Vec<ReadBinary> = Vec::new();
+        for path in self.by_arch.values().chain(self.any.iter()) {
+            if files.iter().any(|file| &file.path == path) {
+                continue;
+            }
+            let bytes = read_binary(path)?;
+            files.push(ReadBinary {
+                sha: super::sha256_hex(&bytes),
+                path: path.clone(),
+                bytes,
+            });
+        }
+        Ok(ReadBinaries {
+            binaries: self,
+            files,
+        })
     }
 
     /// Selects the binary for `machine`, reads it and checks that it can run there.
     pub(crate) fn load(&self, machine: &str) -> Result<(PathBuf, Vec<u8>), DeployError> {
         let path = self.select(machine)?.to_path_buf();
         let bytes = read_binary(&path)?;
-        let built_for = Arch::of_elf(&bytes);
-        match (built_for, Arch::from_uname(machine)) {
-            (Some(binary), Some(sandbox)) if binary != sandbox => Err(DeployError::WrongArch {
-                path,
-                binary,
-                machine: machine.to_owned(),
-            }),
-            (Some(_), None) => Err(DeployError::UnsupportedArch {
-                machine: machine.to_owned(),
-            }),
-            _ => Ok((path, bytes)),
-        }
+        runs_on(&path, &bytes, machine)?;
+        Ok((path, bytes))
+    }
+}
+
+/// The binaries' bytes and hashes, read once ([`GatewayBinaries::read_all`]).
+#[derive(Debug)]
+pub(crate) struct ReadBinaries<'a> {
+    binaries: &'a GatewayBinaries,
+    files: Vec<ReadBinary>,
+}
+
+/// One gateway binary, read.
+#[derive(Debug)]
+pub(crate) struct ReadBinary {
+    pub(crate) path: PathBuf,
+    pub(crate) bytes: Vec<u8>,
+    /// Its sha256, lower-case hex.
+    pub(crate) sha: String,
+}
+
+impl ReadBinaries<'_> {
+    /// The sha256 of every binary under its variable (see [`GatewayBinaries::named`]), so
+    /// the sandbox can tell whether it has the right one without asking.
+    pub(crate) fn shas(&self) -> Vec<(String, String)> {
+        self.binaries
+            .named()
+            .filter_map(|(name, path)| Some((name, self.file(path)?.sha.clone())))
+            .collect()
+    }
+
+    /// The binary for `machine`, checked as [`GatewayBinaries::load`] checks it.
+    pub(crate) fn load(&self, machine: &str) -> Result<&ReadBinary, DeployError> {
+        let path = self.binaries.select(machine)?;
+        // Every path `select` returns was read; a miss would be this module's bug.
+        let file = self.file(path).ok_or_else(|| DeployError::Binary {
+            path: path.to_path_buf(),
+            source: std::io::Error::other("it was not read with the others"),
+        })?;
+        runs_on(path, &file.bytes, machine)?;
+        Ok(file)
+    }
+
+    fn file(&self, path: &Path) -> Option<&ReadBinary> {
+        self.files.iter().find(|file| file.path == path)
+    }
+}
+
+/// The binary at `path` (`bytes`) can run where `uname -m` printed `machine`: an ELF file
+/// must be for that machine; anything else (a script) is the caller's choice.
+fn runs_on(path: &Path, bytes: &[u8], machine: &str) -> Result<(), DeployError> {
+    match (Arch::of_elf(bytes), Arch::from_uname(machine)) {
+        (Some(binary), Some(sandbox)) if binary != sandbox => Err(DeployError::WrongArch {
+            path: path.to_path_buf(),
+            binary,
+            machine: machine.to_owned(),
+        }),
+        (Some(_), None) => Err(DeployError::UnsupportedArch {
+            machine: machine.to_owned(),
+        }),
+        _ => Ok(()),
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::io::{
     AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, BufReader,
 };
 
-use super::arch::GatewayBinaries;
+use super::arch::{GatewayBinaries, ReadBinaries};
 use super::retry::{classify, retried, Failure};
 use super::steps::{parse_ready, start_exec, valid_machine, Launch, Place};
 use super::{scripts, DeployError};
@@ -53,20 +53,22 @@ pub(crate) async fn start(
     binaries: &GatewayBinaries,
 ) -> Result<Started, DeployError> {
     const STEP: &str = "starting the gateway and its session";
-    let shas = binaries.shas()?;
+    // Read once for every attempt: the hashes go first, the chosen one's bytes after.
+    let binaries = binaries.read_all()?;
+    let shas = binaries.shas();
     let by_stdin = !runner.capabilities().upload;
     let first = retried(&place.retry, STEP, || {
-        attempt(runner, place, launch, (binaries, &shas, by_stdin), STEP)
+        attempt(runner, place, launch, (&binaries, &shas, by_stdin), STEP)
     })
     .await?;
     let Outcome::NeedsUpload(machine) = first else {
         return first_started(first);
     };
-    let (path, binary) = binaries.load(&machine)?;
-    tracing::info!(bytes = binary.len(), %machine, binary = %path.display(), "uploading the gateway binary");
-    super::steps::upload(runner, place, &binary, &super::sha256_hex(&binary)).await?;
+    let binary = binaries.load(&machine)?;
+    tracing::info!(bytes = binary.bytes.len(), %machine, binary = %binary.path.display(), "uploading the gateway binary");
+    super::steps::upload(runner, place, &binary.bytes, &binary.sha).await?;
     let again = retried(&place.retry, STEP, || {
-        attempt(runner, place, launch, (binaries, &shas, false), STEP)
+        attempt(runner, place, launch, (&binaries, &shas, false), STEP)
     })
     .await?;
     first_started(again)
@@ -84,7 +86,7 @@ fn first_started(outcome: Outcome) -> Result<Started, DeployError> {
 }
 
 /// The binaries, their hashes by variable, and whether a missing one goes on stdin.
-type Binaries<'a> = (&'a GatewayBinaries, &'a [(String, String)], bool);
+type Binaries<'a> = (&'a ReadBinaries<'a>, &'a [(String, String)], bool);
 
 async fn attempt(
     runner: &dyn Runner,
@@ -109,7 +111,12 @@ async fn attempt(
                 "the streaming exec did not open in time".into(),
             ))
         }
-        Ok(Err(e)) if e.transient() => return Err(Failure::Channel(e.to_string())),
+        Ok(Err(e)) if e.transient() => {
+            // The runner's error may quote the provider: bounded and escaped, as exec_once does.
+            return Err(Failure::Channel(
+                bridge_protocol::shown_error(&e).to_string(),
+            ));
+        }
         Ok(Err(source)) => return Err(Failure::Fatal(DeployError::Runner { step, source })),
         Ok(Ok(stream)) => stream,
     };
@@ -121,7 +128,7 @@ async fn attempt(
     } = stream;
     let mut stdout = BufReader::new(stdout);
     let read = read_ready(&mut stdout, &mut stdin, binaries, by_stdin);
-    let why = match tokio::time::timeout(bound, read).await {
+    let (why, timed_out) = match tokio::time::timeout(bound, read).await {
         Ok(Ok(Read::Ready(ready))) => {
             let session = ExecStream {
                 stdin,
@@ -139,9 +146,14 @@ async fn attempt(
             process.kill();
             return Err(Failure::Fatal(e));
         }
-        Ok(Err(why)) => why,
-        Err(_) => format!("no ready.json within {} ms", bound.as_millis()),
+        Ok(Err(why)) => (why, false),
+        Err(_) => (
+            format!("no ready.json within {} ms", bound.as_millis()),
+            true,
+        ),
     };
+    // Nothing more is read or sent: a writer still flooding stdout gets EPIPE and ends.
+    drop((stdin, stdout));
     // What the script said and how it ended tell a channel failure from its own.
     let code = tokio::time::timeout(AFTERMATH_BOUND, process.wait())
         .await
@@ -151,11 +163,37 @@ async fn attempt(
     process.kill();
     let out = ExecOutput {
         code,
-        stdout: why.into_bytes(),
+        stdout: Vec::new(),
         stderr: read_stderr(stderr).await,
-        timed_out: code.is_none(),
+        timed_out,
     };
-    Err(classify(step, &out))
+    Err(failure(step, why, &out))
+}
+
+/// Why an attempt that printed no `ready.json` failed. A start that exited 0 without it
+/// lost or cut its output on the way (a channel failure, as a step-by-step exec's
+/// garbled output is); otherwise the exit decides ([`classify`]). A channel failure says
+/// what was wrong with the output (the sandbox's words in it are bounded and escaped).
+fn failure(step: &'static str, why: String, out: &ExecOutput) -> Failure {
+    let exit_0 = out.code == Some(0) && !out.timed_out;
+    match classify(step, out) {
+        Failure::Fatal(e) if !exit_0 => Failure::Fatal(e),
+        _ => Failure::Channel(format!("{why} ({})", ended(out))),
+    }
+}
+
+/// How the start's exec ended, and what it said on stderr, for an error message.
+fn ended(out: &ExecOutput) -> String {
+    let how = match out.code {
+        Some(code) => format!("the start's exec ended with exit {code}"),
+        None if out.timed_out => "the start's exec was killed after its bound".into(),
+        None => "the start's exec ended with no exit status".into(),
+    };
+    let stderr = out.stderr_text();
+    if stderr.is_empty() {
+        return how;
+    }
+    format!("{how}; its stderr: {}", bridge_protocol::shown(&stderr))
 }
 
 /// What the start printed before the session's greeting.
@@ -167,68 +205,86 @@ enum Read {
 }
 
 /// Reads `machine M`, sends the binary for it if the script asks (and `by_stdin`), then
-/// reads `pid N` and `ready.json`.
+/// reads `pid N` and `ready.json`. Each line is bounded ([`START_LINE_LIMIT`]), and an
+/// error names the line that was wrong.
 async fn read_ready<R, W>(
     stdout: &mut BufReader<R>,
     stdin: &mut W,
-    binaries: &GatewayBinaries,
+    binaries: &ReadBinaries<'_>,
     by_stdin: bool,
 ) -> Result<Read, String>
 where
     R: AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin + ?Sized,
 {
-    let line = read_line(stdout).await?;
+    const MACHINE: &str = "`machine M`";
+    let line = read_line(stdout, MACHINE).await?;
     let machine = line
         .strip_prefix("machine ")
         .filter(|m| valid_machine(m))
-        .ok_or_else(|| format!("garbled output: {}", bridge_protocol::shown(&line)))?
+        .ok_or_else(|| garbled(MACHINE, &line))?
         .to_owned();
     // Chosen (and its ELF header checked) even when the sandbox has it already.
-    let (path, binary) = match binaries.load(&machine) {
+    let binary = match binaries.load(&machine) {
         Ok(chosen) => chosen,
         Err(e) => return Ok(Read::Refused(e)),
     };
-    tracing::debug!(%machine, binary = %path.display(), "gateway binary chosen");
-    let mut first = read_line(stdout).await?;
+    tracing::debug!(%machine, binary = %binary.path.display(), "gateway binary chosen");
+    let mut first = read_line(stdout, "`pid N` or `upload`").await?;
     if first == "upload" {
         if !by_stdin {
             return Ok(Read::NeedsUpload(machine));
         }
-        tracing::info!(bytes = binary.len(), %machine, "sending the gateway binary");
-        let header = format!("{} {}\n", binary.len(), super::sha256_hex(&binary));
+        tracing::info!(bytes = binary.bytes.len(), %machine, "sending the gateway binary");
+        let header = format!("{} {}\n", binary.bytes.len(), binary.sha);
         let sent = async {
             stdin.write_all(header.as_bytes()).await?;
-            stdin.write_all(&binary).await?;
+            stdin.write_all(&binary.bytes).await?;
             stdin.flush().await
         };
         sent.await.map_err(|e| format!("sending the binary: {e}"))?;
-        first = read_line(stdout).await?;
+        first = read_line(stdout, "`pid N`").await?;
     }
-    let json = read_line(stdout).await?;
+    let json = read_line(stdout, "`ready.json`").await?;
     parse_ready(&format!("{first}\n{json}")).map(Read::Ready)
 }
 
-/// One line of at most [`START_LINE_LIMIT`] bytes, without its newline.
-async fn read_line<R: AsyncRead + Unpin>(stdout: &mut BufReader<R>) -> Result<String, String> {
+fn garbled(what: &str, line: &str) -> String {
+    format!(
+        "garbled output where {what} was expected: {}",
+        bridge_protocol::shown(line)
+    )
+}
+
+/// One line of at most [`START_LINE_LIMIT`] bytes, without its newline; `what` names it
+/// in an error.
+async fn read_line<R: AsyncRead + Unpin>(
+    stdout: &mut BufReader<R>,
+    what: &str,
+) -> Result<String, String> {
     let mut line = Vec::new();
     let limit = START_LINE_LIMIT as u64 + 1;
     let n = (&mut *stdout)
         .take(limit)
         .read_until(b'\n', &mut line)
         .await
-        .map_err(|e| format!("reading the start's output: {e}"))?;
-    if n == 0 {
-        return Err("the start ended before the gateway was ready".into());
+        .map_err(|e| format!("reading the start's output where {what} was expected: {e}"))?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        return Ok(String::from_utf8_lossy(&line).into_owned());
     }
-    if line.last() != Some(&b'\n') {
-        return Err(format!(
-            "garbled output: {}",
-            bridge_protocol::shown(&String::from_utf8_lossy(&line))
-        ));
-    }
-    line.pop();
-    Ok(String::from_utf8_lossy(&line).into_owned())
+    let text = String::from_utf8_lossy(&line);
+    Err(match n {
+        0 => format!("the start's output ended where {what} was expected"),
+        n if n as u64 == limit => garbled(
+            what,
+            &format!("(a line longer than {START_LINE_LIMIT} bytes) {text}"),
+        ),
+        _ => format!(
+            "the start's output ended in the middle of {what}: {}",
+            bridge_protocol::shown(&text)
+        ),
+    })
 }
 
 async fn read_stderr(stderr: Pin<Box<dyn AsyncRead + Send>>) -> Vec<u8> {

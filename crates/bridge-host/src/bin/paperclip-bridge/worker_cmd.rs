@@ -57,7 +57,7 @@ pub async fn worker(args: WorkerArgs, mut shutdown: Shutdown) -> Result<ExitCode
         _ => bail!("say how to reach the queue: --exec PREFIX or --shared-fs"),
     };
     let (kind, queue_dir, binary) = queue(&args)?;
-    let transport = transport::build(kind, runner, queue_dir.clone(), binary, EXEC_TIMEOUT);
+    let transport = transport::build(kind, runner, queue_dir.clone(), binary, EXEC_TIMEOUT, None);
     let upstream = args.upstream.upstream()?;
     let policy = Arc::new(args.policy.policy()?);
     let audit = match &args.policy.audit_log {

@@ -150,6 +150,56 @@ fn a_binary_for_another_architecture_is_refused_before_it_is_sent() {
     assert!(matches!(gone, Err(DeployError::Binary { .. })));
 }
 
+/// The one-exec start reads each binary once: the hashes under their variables, then the
+/// chosen one's bytes and hash, checked as `load` checks them, even after the file is gone.
+#[test]
+fn binaries_read_once_give_the_hashes_and_the_chosen_bytes() {
+    let x86 = elf_header(62);
+    let arm = elf_header(183);
+    let dir = dist_dir(&[
+        ("x86_64-unknown-linux-musl", &x86),
+        ("aarch64-unknown-linux-musl", &arm),
+    ]);
+    let x86_path = dir
+        .path()
+        .join("x86_64-unknown-linux-musl")
+        .join(GATEWAY_FILE_NAME);
+    // The x86_64 build also serves any other sandbox: named twice, read once.
+    let binaries = GatewayBinaries {
+        any: Some(x86_path.clone()),
+        ..GatewayBinaries::from_dist_dir(dir.path())
+    };
+    let read = binaries.read_all().unwrap();
+    assert_eq!(read.files.len(), 2, "{read:?}");
+    let sha = |bytes: &[u8]| super::super::sha256_hex(bytes);
+    assert_eq!(
+        read.shas(),
+        vec![
+            ("SHA_X86_64".to_owned(), sha(&x86)),
+            ("SHA_AARCH64".to_owned(), sha(&arm)),
+            ("SHA_ANY".to_owned(), sha(&x86)),
+        ]
+    );
+    std::fs::remove_dir_all(dir.path().join("aarch64-unknown-linux-musl")).unwrap();
+    let chosen = read.load("arm64").unwrap();
+    assert_eq!(
+        (chosen.bytes.as_slice(), chosen.sha.as_str()),
+        (arm.as_slice(), sha(&arm).as_str())
+    );
+    // The binary for any sandbox is still checked against the sandbox's machine.
+    assert!(matches!(
+        read.load("riscv64"),
+        Err(DeployError::UnsupportedArch { .. })
+    ));
+    let mislabelled = GatewayBinaries::new().with(Arch::Aarch64, x86_path.clone());
+    assert!(matches!(
+        mislabelled.read_all().unwrap().load("aarch64"),
+        Err(DeployError::WrongArch { .. })
+    ));
+    let gone = GatewayBinaries::single(dir.path().join("gone"));
+    assert!(matches!(gone.read_all(), Err(DeployError::Binary { .. })));
+}
+
 #[test]
 fn the_prepare_output_carries_the_architecture_and_the_hash() {
     let sha = "ab".repeat(32);
