@@ -58,6 +58,11 @@ const DELAYS: &[u64] = &[0, 25];
 const FAR: u64 = 100;
 /// Callers at once in the two loaded runs.
 const LOADS: [usize; 2] = [16, 64];
+/// The large-body transfers' size (10 MiB, within the default body limit), measured in the
+/// `u` = 0 cells nearer than [`FAR`].
+const LARGE_BYTES: usize = 10 << 20;
+/// Transfers each way of [`LARGE_BYTES`]; the median is reported.
+const LARGE_REPEAT: usize = 3;
 
 fn matrix(only: Option<&str>, delay: Option<u64>) -> Vec<Cell> {
     let mut cells = Vec::new();
@@ -231,6 +236,12 @@ async fn measure(
     } else {
         None
     };
+    // Read before the large transfers: the allocator keeps their buffers afterwards.
+    let host_rss = rss_kib(std::process::id());
+    let large = match cell.u == 0 && cell.d < FAR {
+        true => Some(large(runner, bridge, dir).await?),
+        false => None,
+    };
     let direct = match cell.d {
         0 => Some(direct(upstream_url).await?),
         _ => None,
@@ -243,12 +254,41 @@ async fn measure(
         "execs_per_req_seq": seq_execs, "idle_execs_per_s": idle,
         "gateway_rss_idle_kib": rss_kib(gateway_pid), "gateway_rss_loaded_kib": gw_loaded,
         "session_rss_loaded_kib": session.map(|_| helper_loaded),
-        "host_rss_kib": rss_kib(std::process::id()), "startup_ms": startup_ms,
+        "host_rss_kib": host_rss, "startup_ms": startup_ms,
+        "large_up_mb_per_s": large.map(|l| l.0), "large_down_mb_per_s": large.map(|l| l.1),
     });
     if let Some(row) = row.as_object_mut() {
         row.extend(loaded);
     }
     Ok(row)
+}
+
+/// [`LARGE_BYTES`] up and down through the bridge, checked byte by byte in the sandbox:
+/// the median rate each way in MB/s (10^6 bytes).
+async fn large(
+    runner: &Arc<dyn Runner>,
+    bridge: &BridgeHandle,
+    dir: &std::path::Path,
+) -> Result<(f64, f64)> {
+    let (bytes, repeat) = (LARGE_BYTES.to_string(), LARGE_REPEAT.to_string());
+    let out = load(
+        runner,
+        bridge,
+        dir,
+        &["--large", &bytes, "--repeat", &repeat],
+    )
+    .await?;
+    let rate = |key: &str| -> Result<f64> {
+        let mut seconds: Vec<f64> = out[key]
+            .as_array()
+            .with_context(|| format!("no {key} in {out}"))?
+            .iter()
+            .filter_map(Value::as_f64)
+            .collect();
+        seconds.sort_by(f64::total_cmp);
+        Ok(LARGE_BYTES as f64 / 1e6 / pct(&seconds, 50))
+    };
+    Ok((rate("upload_s")?, rate("download_s")?))
 }
 
 /// Sequential calls from this machine straight to the upstream (no bridge), the same
@@ -395,8 +435,8 @@ fn floor(r: &Value) -> (f64, impl Fn(usize) -> String) {
 }
 
 fn print_table(rows: &[Value]) {
-    println!("| transport | d | u | start-up (floor d) | seq p50 / p95 / p99 (floor d+u) | added by the bridge p50 / p99 | c=16 req/s (floor) | c=16 p50 / p99 | c=64 req/s (floor) | c=64 p50 / p99 | execs/req seq / c=16 / c=64 | idle execs/s | gateway RSS idle / loaded | session RSS loaded | host RSS | sandbox start |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| transport | d | u | start-up (floor d) | seq p50 / p95 / p99 (floor d+u) | added by the bridge p50 / p99 | c=16 req/s (floor) | c=16 p50 / p99 | c=64 req/s (floor) | c=64 p50 / p99 | execs/req seq / c=16 / c=64 | idle execs/s | 10 MiB up / down (MB/s) | gateway RSS idle / loaded | session RSS loaded | host RSS | sandbox start |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         let opt = |k: &str, show: &dyn Fn(f64) -> String| {
@@ -411,8 +451,15 @@ fn print_table(rows: &[Value]) {
             ),
             _ => "-".into(),
         };
+        let large = match (
+            r["large_up_mb_per_s"].as_f64(),
+            r["large_down_mb_per_s"].as_f64(),
+        ) {
+            (Some(up), Some(down)) => format!("{up:.0} / {down:.0}"),
+            _ => "-".into(),
+        };
         println!(
-            "| {} | {} ms | {} ms | {:.0} ms ({}) | {:.1} / {:.1} / {:.1} ({rtt:.0}) | {added} | {:.0} ({}) | {:.1} / {:.1} | {:.0} ({}) | {:.1} / {:.1} | {:.2} / {:.2} / {:.2} | {} | {:.1} / {:.1} MiB | {} | {:.1} MiB | {} |",
+            "| {} | {} ms | {} ms | {:.0} ms ({}) | {:.1} / {:.1} / {:.1} ({rtt:.0}) | {added} | {:.0} ({}) | {:.1} / {:.1} | {:.0} ({}) | {:.1} / {:.1} | {:.2} / {:.2} / {:.2} | {} | {large} | {:.1} / {:.1} MiB | {} | {:.1} MiB | {} |",
             r["transport"].as_str().unwrap_or("?"), r["d_ms"], r["u_ms"],
             f("startup_ms"), r["d_ms"],
             f("seq_p50_ms"), f("seq_p95_ms"), f("seq_p99_ms"),

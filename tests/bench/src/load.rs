@@ -21,6 +21,14 @@ pub struct LoadArgs {
     /// request's key and outcome, for the chaos harness to count against the upstream.
     #[arg(long)]
     pub mutations: bool,
+    /// Large bodies instead of reads: upload an attachment of this many bytes, then
+    /// download one as large, `--repeat` times, each checked byte by byte; prints the
+    /// seconds each transfer took.
+    #[arg(long, value_name = "BYTES")]
+    pub large: Option<usize>,
+    /// Transfers each way with --large.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
 }
 
 /// The outcome recorded for a request with no answer within the client's bound.
@@ -38,6 +46,9 @@ pub async fn load(args: LoadArgs) -> Result<ExitCode> {
         .build()?;
     if args.mutations {
         return mutations(&base, &token, &args).await;
+    }
+    if let Some(bytes) = args.large {
+        return crate::large::large(&client, &base, &token, bytes, args.repeat).await;
     }
     let url = format!("{base}/api/agents/me");
     let started = Instant::now();

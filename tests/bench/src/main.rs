@@ -7,6 +7,7 @@ mod bench;
 mod bench_scale;
 mod chaos;
 mod chaos_runner;
+mod large;
 mod load;
 /// The demo's stand-in upstream, shared with the shipped CLI's `demo` (one source file).
 /// The bench reads no report of what reached it: that part is the demo's.

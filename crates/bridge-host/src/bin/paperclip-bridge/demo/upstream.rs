@@ -130,7 +130,9 @@ async fn answer(State(shared): State<Shared>, request: Request) -> Response {
         // Even a zero sleep waits for the timer's next tick (up to 1 ms).
         tokio::time::sleep(shared.latency).await;
     }
-    let _ = axum::body::to_bytes(body, 1 << 20).await;
+    let body = axum::body::to_bytes(body, MAX_UPLOAD_BYTES)
+        .await
+        .unwrap_or_default();
     if !authorized {
         return (
             StatusCode::UNAUTHORIZED,
@@ -138,10 +140,10 @@ async fn answer(State(shared): State<Shared>, request: Request) -> Response {
         )
             .into_response();
     }
-    route(&seen.method, &seen.path)
+    route(&seen.method, &seen.path, &body)
 }
 
-fn route(method: &str, path: &str) -> Response {
+fn route(method: &str, path: &str, body: &[u8]) -> Response {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
         ("GET", ["api", "agents", "me"]) => {
@@ -153,13 +155,56 @@ fn route(method: &str, path: &str) -> Response {
             json(r#"{"id":"c-1","body":"hello from the sandbox"}"#),
         )
             .into_response(),
-        ("GET", ["api", "attachments", _, "content"]) => (
-            [("content-type", "application/octet-stream")],
-            Bytes::from_static(&[0x89, b'P', b'N', b'G', 0, 0xff, 0xfe, 1]),
-        )
-            .into_response(),
+        ("POST", ["api", "companies", _, "issues", _, "attachments"]) => {
+            let digest = bridge_host::deploy::sha256_hex(body);
+            let text = format!(
+                r#"{{"id":"a-1","bytes":{},"sha256":"{digest}"}}"#,
+                body.len()
+            );
+            (
+                StatusCode::CREATED,
+                [("content-type", "application/json")],
+                text,
+            )
+                .into_response()
+        }
+        ("GET", ["api", "attachments", id, "content"]) => {
+            // A sized id gets that many bytes of the pattern; any other a tiny binary file.
+            let bytes = match sized(id) {
+                Some(n) => Bytes::from(pattern(n)),
+                None => Bytes::from_static(&[0x89, b'P', b'N', b'G', 0, 0xff, 0xfe, 1]),
+            };
+            ([("content-type", "application/octet-stream")], bytes).into_response()
+        }
         _ => (StatusCode::NOT_FOUND, json(r#"{"error":"not found"}"#)).into_response(),
     }
+}
+
+/// Largest body the upstream reads; the bridge's default body limit is a little over 10 MiB.
+const MAX_UPLOAD_BYTES: usize = 16 << 20;
+
+/// Prefix of an attachment id whose content is that many bytes of [`pattern`]:
+/// `size-10485760` is 10 MiB (benchmarks download it and check every byte).
+pub const SIZED_ATTACHMENT: &str = "size-";
+
+/// The byte count a sized attachment id asks for, up to [`MAX_UPLOAD_BYTES`].
+fn sized(id: &str) -> Option<usize> {
+    let n: usize = id.strip_prefix(SIZED_ATTACHMENT)?.parse().ok()?;
+    (n <= MAX_UPLOAD_BYTES).then_some(n)
+}
+
+/// `n` bytes that look random (every byte value, no runs), the same on every call, so a
+/// receiver can check a transfer byte by byte: a xorshift generator's low bytes.
+pub fn pattern(n: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
 }
 
 fn json(text: &'static str) -> impl IntoResponse {
