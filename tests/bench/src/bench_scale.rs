@@ -25,6 +25,15 @@ const SIZES: &[usize] = &[1, 10, 100];
 pub async fn scale(args: &BenchArgs) -> Result<Vec<Value>> {
     let mut rows = Vec::new();
     for &n in SIZES {
+        let limit = inotify_instances();
+        // Each bridge's gateway and session hold one inotify instance each; past the
+        // limit they fall back to polling every 20 ms, which then measures the limit.
+        if limit.is_some_and(|l| l < 2 * n + 16) {
+            eprintln!(
+                "bench: warning: fs.inotify.max_user_instances is {limit:?}, too few for {n} \
+                 bridges (2 each); the gateways and sessions past it will poll"
+            );
+        }
         eprintln!("bench: {n} bridges in one host process");
         rows.push(run(args, n).await?);
     }
@@ -87,11 +96,13 @@ async fn run(args: &BenchArgs, n: usize) -> Result<Value> {
         let sandbox = sandbox.clone();
         loads.spawn(async move { sandbox.exec(exec).await });
     }
-    let sampler = tokio::spawn(async {
+    // Sampled until every load is done (a thousand loads take a while to all start).
+    let (done, mut finished) = tokio::sync::watch::channel(false);
+    let sampler = tokio::spawn(async move {
         let mut peak = 0;
-        for _ in 0..200 {
+        while !*finished.borrow_and_update() {
             peak = peak.max(host_rss());
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = tokio::time::timeout(Duration::from_millis(50), finished.changed()).await;
         }
         peak
     });
@@ -102,11 +113,22 @@ async fn run(args: &BenchArgs, n: usize) -> Result<Value> {
         requests += v["latencies_ms"].as_array().map_or(0, Vec::len);
         errors += v["errors"].as_u64().unwrap_or(1);
     }
+    let _ = done.send(true);
     let rss_loaded = sampler.await.unwrap_or(0);
+    // Stopped all at once, as an orchestrator ending many runs would.
+    let stopping = Instant::now();
+    let mut stops = tokio::task::JoinSet::new();
     for (sandbox, bridge, _) in fleet {
-        bridge.stop().await?;
-        sandbox.destroy().await;
+        stops.spawn(async move {
+            let stopped = bridge.stop().await;
+            sandbox.destroy().await;
+            stopped
+        });
     }
+    while let Some(stopped) = stops.join_next().await {
+        stopped??;
+    }
+    let stop_s = stopping.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&root);
     if errors > 0 {
         bail!("{errors} failed requests with {n} bridges");
@@ -115,24 +137,47 @@ async fn run(args: &BenchArgs, n: usize) -> Result<Value> {
         "bridges": n,
         "req_per_s": requests as f64 / args.load_seconds as f64,
         "deploy_s": deploy_s,
+        "stop_s": stop_s,
+        "inotify_max_user_instances": inotify_instances(),
         "host_rss_before_kib": rss_before,
         "host_rss_idle_kib": rss_idle,
         "host_rss_loaded_kib": rss_loaded,
     }))
 }
 
+/// This machine's limit on inotify instances per user (all sandboxes share it).
+fn inotify_instances() -> Option<usize> {
+    std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The table; memory per bridge is each row's growth over the one-bridge row, divided
+/// by the bridges added (what one more sandbox costs the host).
 pub fn print_table(rows: &[Value]) {
-    println!("\n| bridges in one host process | total req/s (2 callers each, 5 s) | deploy all | host RSS idle / loaded |");
-    println!("|---|---|---|---|");
+    println!("\n| bridges in one host process | total req/s (2 callers each, 5 s) | deploy all (per bridge) | stop all | host RSS idle / loaded | host memory per added bridge idle / loaded |");
+    println!("|---|---|---|---|---|---|");
+    let base = |k: &str| rows.first().and_then(|r| r[k].as_f64()).unwrap_or(f64::NAN);
     for r in rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        let added = f("bridges") - 1.0;
+        let per = |k: &str| match added {
+            0.0 => "-".to_owned(),
+            n => format!("{:.2}", (f(k) - base(k)) / n / 1024.0),
+        };
         println!(
-            "| {} | {:.0} | {:.1} s | {:.1} / {:.1} MiB |",
+            "| {} | {:.0} | {:.1} s ({:.0} ms) | {:.1} s | {:.1} / {:.1} MiB | {} / {} MiB |",
             r["bridges"],
             f("req_per_s"),
             f("deploy_s"),
+            f("deploy_s") * 1000.0 / f("bridges"),
+            f("stop_s"),
             f("host_rss_idle_kib") / 1024.0,
-            f("host_rss_loaded_kib") / 1024.0
+            f("host_rss_loaded_kib") / 1024.0,
+            per("host_rss_idle_kib"),
+            per("host_rss_loaded_kib"),
         );
     }
 }
